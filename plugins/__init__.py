@@ -1,0 +1,1 @@
+"""First-party vqabench plugins, installed as the import package ``vqabench_plugins``."""

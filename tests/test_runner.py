@@ -1,0 +1,123 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+from vqabench.plugins import load_plugins
+from vqabench.results import iter_records, read_jsonl
+from vqabench.runner import RunOptions, plan, run
+
+
+@pytest.fixture
+def opts(only_example, tmp_path):
+    return RunOptions(models=("all",), tasks=("example-colors",), out=tmp_path / "runs", cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_plan_pairs_compatible_cells_and_lists_skipped(opts):
+    registry, _ = load_plugins()
+    cells, skipped = plan(registry, opts)
+    assert sorted((str(c.ref), c.kind.value) for c in cells) == [("example-bow", "vqa"), ("example-colorname", "zeroshot")]
+    assert ("example-bow x example-colors/captioning", "model supports vqa") in skipped
+    assert len(skipped) == 4
+
+
+def test_plan_errors_name_the_unknown_thing(opts):
+    registry, _ = load_plugins()
+    with pytest.raises(KeyError, match="did you mean 'example-bow'"):
+        plan(registry, RunOptions(models=("example-bw",), tasks=("example-colors",)))
+    with pytest.raises(ValueError, match="no task kind 'answerability'"):
+        plan(registry, RunOptions(models=("example-bow",), tasks=("example-colors/answerability",)))
+    with pytest.raises(ValueError, match="no weights tag 'openai'"):
+        plan(registry, RunOptions(models=("example-bow@openai",), tasks=("example-colors",)))
+
+
+def test_run_writes_records_predictions_and_ledger(opts):
+    registry, infos = load_plugins()
+    ledger = run(registry, infos, opts)
+    states = {k.split("|")[0] + "|" + k.split("|")[1]: v["state"] for k, v in ledger.cells.items()}
+    assert states["example-bow|example-colors/vqa"] == "done"
+    assert states["example-bow|example-colors/captioning"] == "skipped"
+    records = {r["model"]: (p, r) for p, r in iter_records(opts.out)}
+    path, rec = records["example-bow"]
+    assert rec["weights"] == "random init" and rec["params"]["trainable"] == rec["params"]["total"] > 0
+    assert [h["epoch"] for h in rec["history"]] == list(range(1, 7))
+    assert rec["final"]["test"]["vqa_accuracy"] > rec["baseline"]["test"]["vqa_accuracy"]  # it learns
+    assert rec["augmentations"] == {"used": ["color_jitter"], "disabled": {"hflip": "changes answers on example-colors"}}
+    assert rec["versions"]["model_plugin"] == {"plugin": "example", "distribution": "vqabench-example", "version": "0.1.0"}
+    lines = read_jsonl(path.parent / "predictions-test.jsonl")
+    assert len(lines) == 24 and {"id", "answer", "answers", "question_type", "confidence"} <= set(lines[0])
+    assert (path.parent / "ckpt" / "best.safetensors").exists()
+    zs = records["example-colorname"][1]
+    assert zs["history"] == [] and zs["final"]["test"]["top1"] == 1.0 and "val" not in zs["final"]
+
+
+def test_rerun_skips_finished_cells_unless_forced_or_config_changes(opts):
+    registry, infos = load_plugins()
+    run(registry, infos, opts)
+    rec_path = next(p for p, r in iter_records(opts.out) if r["model"] == "example-bow")
+    before = rec_path.stat().st_mtime_ns
+    ledger = run(registry, infos, opts)
+    assert rec_path.stat().st_mtime_ns == before
+    assert any("same config hash" in v.get("reason", "") for v in ledger.cells.values())
+    changed = RunOptions(**{**opts.__dict__, "model_overrides": {"train.epochs": "2"}, "models": ("example-bow",)})
+    run(registry, infos, changed)
+    assert len(json.loads(rec_path.read_text())["history"]) == 2
+
+
+def test_failing_cell_is_recorded_and_the_run_goes_on(opts, monkeypatch):
+    import vqabench_example
+
+    def broken(cfg, vocab):
+        raise RuntimeError("cannot build")
+
+    monkeypatch.setattr(vqabench_example, "BagOfWords", broken)
+    registry, infos = load_plugins()
+    ledger = run(registry, infos, opts)
+    failed = [v for k, v in ledger.cells.items() if k.startswith("example-bow|example-colors/vqa")]
+    assert failed[0]["state"] == "failed" and "cannot build" in failed[0]["error"]
+    assert any(k.startswith("example-colorname") and v["state"] == "done" for k, v in ledger.cells.items())
+
+
+def test_limit_takes_a_recorded_partial_sample(opts):
+    registry, infos = load_plugins()
+    run(registry, infos, RunOptions(**{**opts.__dict__, "limit": 6, "models": ("example-bow",)}))
+    (_, rec), = list(iter_records(opts.out))
+    assert rec["partial"] is True and rec["limit"] == 6
+    assert all(len(ids) == 6 for ids in rec["sample_ids"].values())
+
+
+def test_killed_run_resumes_from_its_last_epoch(only_example, tmp_path):
+    args = [sys.executable, "-m", "vqabench.cli", "run", "--models", "example-bow", "--tasks", "example-colors/vqa",
+            "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--epochs", "40", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    trainer = tmp_path / "runs/example-colors/vqa/example-bow/quick-seed0/ckpt/trainer.pt"
+    deadline = time.time() + 120
+    while not trainer.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert trainer.exists(), "training never reached its first checkpoint"
+    assert not (trainer.parent.parent / "record.json").exists()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rec = json.loads((trainer.parent.parent / "record.json").read_text())
+    assert rec["resumed_from_epoch"] >= 1
+    assert [h["epoch"] for h in rec["history"]] == list(range(1, 41))
+
+
+def test_cli_run_list_shows_task_kinds(only_example):
+    proc = run_cli("run", "--tasks", "example-colors", "--list")
+    assert proc.returncode == 0, proc.stderr
+    for kind in ("example-colors/vqa", "example-colors/zeroshot", "example-colors/captioning"):
+        assert kind in proc.stdout
+
+
+def test_cli_unknown_dataset_is_a_clear_error(only_example):
+    proc = run_cli("run", "--tasks", "example-colours", "--list")
+    assert proc.returncode == 2
+    assert "unknown dataset 'example-colours'; did you mean 'example-colors'?" in proc.stderr

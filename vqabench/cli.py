@@ -1,0 +1,192 @@
+"""The ``vqabench`` command: a thin layer over the modules."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from tabulate import tabulate
+
+
+def default_cache() -> Path:
+    env = os.environ.get("VQABENCH_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vqabench"
+
+
+def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"error: {flag} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from vqabench.plugins import load_plugins
+
+    _, infos = load_plugins()
+    rows = [[i.name, i.distribution, i.version, i.status, ", ".join(i.datasets) or "–", ", ".join(i.models) or "–", i.error or ""] for i in infos]
+    print(tabulate(rows, headers=["plugin", "distribution", "version", "status", "datasets", "models", "error"]))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vqabench import leaderboard
+    from vqabench.plugins import load_plugins
+    from vqabench.results import iter_records
+    from vqabench.runner import RunOptions, plan, run
+
+    overrides: dict[str, Any] = _pairs(args.set, "--set")
+    if args.epochs is not None:
+        overrides["train.epochs"] = args.epochs
+    if args.batch_size is not None:
+        overrides["train.batch_size"] = args.batch_size
+    for name, value in _pairs(args.lr, "--lr").items():
+        overrides[f"train.lrs.{name}"] = value
+    opts = RunOptions(
+        models=tuple(m for m in args.models.split(",") if m), tasks=tuple(t for t in args.tasks.split(",") if t),
+        profile=args.profile, device=args.device, seed=args.seed, out=Path(args.out), cache_dir=Path(args.cache_dir or default_cache()),
+        model_overrides=overrides, data_overrides=_pairs(args.data, "--data"), limit=args.limit, force=args.force,
+        progress=not args.no_progress,
+    )
+    registry, infos = load_plugins()
+    cells, skipped = plan(registry, opts)
+    print(tabulate([[str(c.ref), f"{c.dataset.name}/{c.kind.value}", "planned", ""] for c in cells] + [[*label.split(" x "), "skipped", why] for label, why in skipped], headers=["model", "task", "status", "reason"]))
+    if args.list:
+        return 0
+    ledger = run(registry, infos, opts)
+    print()
+    print(tabulate(ledger.summary(), headers=["cell", "state", "reason / error"], maxcolwidths=[None, None, 80]))
+    records = [r for _, r in iter_records(opts.out)]
+    if records:
+        for path in leaderboard.write(records, Path(args.leaderboards or opts.out / "leaderboards")):
+            print(f"leaderboard: {path}")
+    return 1 if any(v["state"] == "failed" for v in ledger.cells.values()) else 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from vqabench.config import apply_overrides
+    from vqabench.plugins import load_plugins
+
+    registry, _ = load_plugins()
+    spec = registry.dataset(args.name)
+    if spec.prepare is None:
+        raise SystemExit(f"error: dataset {args.name!r} cannot be prepared by vqabench (its plugin gives no prepare step)")
+    overrides: dict[str, Any] = _pairs(args.data, "--data")
+    for flag, field in (("seed", "seed"), ("images", "images"), ("image_size", "image_size")):
+        if getattr(args, flag) is not None:
+            overrides[field] = getattr(args, flag)
+    cfg = apply_overrides(spec.config_cls(), overrides, where=f"dataset {args.name}")
+    root = spec.prepare(cfg, Path(args.root))
+    print(f"prepared {args.name} in {root}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from vqabench import leaderboard
+    from vqabench.results import iter_records
+
+    records = [r for _, r in iter_records(Path(args.runs))]
+    if not records:
+        raise SystemExit(f"error: no result records (record.json) under {args.runs}")
+    for path in leaderboard.write(records, Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from vqabench.gate import check, load_thresholds
+
+    rows = check(load_thresholds(Path(args.thresholds)), Path(args.runs))
+    print(tabulate(rows, headers="keys"))
+    failed = [r for r in rows if r["status"] != "pass"]
+    print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from vqabench.rescore import rescore
+
+    for path, changed in rescore(Path(args.runs), spice=args.spice):
+        print(f"{'updated' if changed else 'unchanged'} {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vqabench", description="Benchmark harness for VQA and CLIP-family models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("plugins", help="list installed plugins and what they register").set_defaults(fn=cmd_plugins)
+
+    r = sub.add_parser("run", help="train and evaluate models on tasks")
+    r.add_argument("--models", default="all", help="'all' or comma-separated NAME[@TAG] (e.g. clip-lora@random)")
+    r.add_argument("--tasks", required=True, help="comma-separated DATASET or DATASET/KIND")
+    r.add_argument("--profile", default="quick", choices=["quick", "paper"])
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", default="runs", help="run directory (records, predictions, checkpoints)")
+    r.add_argument("--cache-dir", default=None, help="data and feature cache (default $VQABENCH_CACHE or ~/.cache/vqabench)")
+    r.add_argument("--leaderboards", default=None, help="where to write leaderboards (default OUT/leaderboards)")
+    r.add_argument("--epochs", type=int)
+    r.add_argument("--batch-size", type=int)
+    r.add_argument("--lr", action="append", metavar="GROUP=LR", help="learning rate of a parameter group (repeatable)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model config field, dotted (repeatable)")
+    r.add_argument("--data", action="append", metavar="KEY=VALUE", help="override a dataset config field (repeatable)")
+    r.add_argument("--limit", type=int, help="seeded random sample of at most N per split (marked partial)")
+    r.add_argument("--force", action="store_true", help="redo cells that are already done")
+    r.add_argument("--list", action="store_true", help="only list the planned and skipped pairs")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(fn=cmd_run)
+
+    d = sub.add_parser("data", help="dataset commands").add_subparsers(dest="data_command", required=True)
+    dp = d.add_parser("prepare", help="generate or check a dataset in a directory")
+    dp.add_argument("name")
+    dp.add_argument("--root", required=True)
+    dp.add_argument("--seed", type=int)
+    dp.add_argument("--images", type=int)
+    dp.add_argument("--image-size", type=int)
+    dp.add_argument("--data", action="append", metavar="KEY=VALUE", help="override a dataset config field")
+    dp.set_defaults(fn=cmd_data_prepare)
+
+    lb = sub.add_parser("leaderboard", help="write Markdown leaderboards from result records")
+    lb.add_argument("runs")
+    lb.add_argument("--out", default="leaderboards")
+    lb.set_defaults(fn=cmd_leaderboard)
+
+    c = sub.add_parser("check", help="regression gate: compare metrics with thresholds")
+    c.add_argument("--thresholds", required=True)
+    c.add_argument("runs")
+    c.set_defaults(fn=cmd_check)
+
+    s = sub.add_parser("score", help="recompute metrics from stored predictions")
+    s.add_argument("runs")
+    s.add_argument("--spice", action="store_true", help="also compute SPICE (needs its CoreNLP download)")
+    s.set_defaults(fn=cmd_score)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    from vqabench.plugins import PluginWarning
+
+    default_format = warnings.formatwarning
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n" if issubclass(cat, PluginWarning) else default_format(msg, cat, *a, **k)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

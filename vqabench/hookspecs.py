@@ -1,0 +1,20 @@
+"""Every hook a vqabench plugin can implement, one per extension kind.
+
+Hooks receive a ``register`` callback instead of returning lists, so that the core can validate
+each registration (duplicate names, unknown task kinds) and name the plugin in every error.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("vqabench")
+hookimpl = pluggy.HookimplMarker("vqabench")
+
+
+@hookspec
+def register_datasets(register):
+    """Register datasets: call ``register(DatasetSpec(...))`` once per dataset."""
+
+
+@hookspec
+def register_models(register):
+    """Register models: call ``register(ModelSpec(...))`` once per model variant."""

@@ -1,0 +1,175 @@
+"""Markdown leaderboards from result records, in the layout of the reports' result tables.
+
+``render`` is a pure function from records to Markdown text; ``write`` adds the files and the
+training-curve PNGs. One file per dataset, one table per (task kind, profile).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from vqabench.results import atomic_write_text
+
+# Test-split columns per task kind after the common ones: (metric key, column title).
+KIND_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "vqa": [("vqa_accuracy", "Test Acc")],
+    "answerability": [("ap_unanswerable", "AP (unanswerable)"), ("auroc", "AUROC"), ("f1_unanswerable", "F1 @0.5"), ("accuracy", "Acc @0.5"), ("vqa_accuracy", "VQA Acc")],
+    "zeroshot": [("top1", "Top-1"), ("top5", "Top-5"), ("mean_per_class_recall", "Mean per-class")],
+    "captioning": [("bleu_1", "BLEU-1"), ("bleu_4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr")],
+}
+PRIMARY = {"vqa": "vqa_accuracy", "answerability": "ap_unanswerable", "zeroshot": "top1", "captioning": "cider"}
+
+
+def fmt_params(n: int) -> str:
+    if n == 0:
+        return "0"
+    return f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.1f} K"
+
+
+def fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+
+
+def _mean(values: Sequence[float | None]) -> str:
+    vals = [v for v in values if isinstance(v, (int, float)) and v == v]
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f}"
+    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+
+
+def _val_at(record: dict[str, Any], epoch: int, metric: str) -> float | None:
+    for h in record["history"]:
+        if h["epoch"] == epoch:
+            return h["val"].get(metric)
+    return None
+
+
+def _epoch_columns(records: Sequence[dict[str, Any]]) -> list[int]:
+    epochs: set[int] = set()
+    for r in records:
+        last = len(r["history"])
+        if last:
+            epochs.add(last)
+            epochs.update(e for e in r["config"]["model"]["train"].get("report_epochs", []) if e < last)
+    return sorted(epochs)
+
+
+def table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per model (seeds averaged) plus the majority baseline, sorted by the primary metric."""
+    kind = records[0]["kind"]
+    primary = PRIMARY[kind]
+    epochs = _epoch_columns(records)
+    qtypes = sorted({k for r in records for k in r["final"].get("test", {}) if k.startswith("acc/")})
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_model[r["model"]].append(r)
+    rows = []
+    for model, rs in by_model.items():
+        name = rs[0]["display_name"] + (f" [{model.split('@', 1)[1]}]" if "@" in model else "")
+        if any(r["partial"] for r in rs):
+            name += f" (partial: --limit {rs[0]['limit']})"
+        row: dict[str, Any] = {"Model": name, "Weights": rs[0]["weights"], "Trainable params": fmt_params(rs[0]["params"]["trainable"])}
+        for e in epochs:
+            row[f"Val Acc ({e} ep)" if kind == "vqa" else f"Val {primary} ({e} ep)"] = _mean([_val_at(r, e, primary) for r in rs])
+        for key, title in KIND_COLUMNS[kind]:
+            row[title] = _mean([r["final"].get("test", {}).get(key) for r in rs])
+        for q in qtypes:
+            row[f"Acc {q[4:]}"] = _mean([r["final"].get("test", {}).get(q) for r in rs])
+        row["Time"] = fmt_seconds(statistics.mean(r["timing"]["total_seconds"] for r in rs))
+        row["_sort"] = statistics.mean([r["final"].get("test", {}).get(primary, float("-inf")) for r in rs])
+        rows.append(row)
+    base = [r["baseline"] for r in records if r.get("baseline", {}).get("test")]
+    if base and kind == "vqa":
+        row = {"Model": f"Majority answer (\"{base[0]['test']['answer']}\")", "Weights": "–", "Trainable params": "0"}
+        for e in epochs:
+            row[f"Val Acc ({e} ep)"] = _mean([base[0].get("val", {}).get("vqa_accuracy")])
+        row["Test Acc"] = _mean([base[0]["test"]["vqa_accuracy"]])
+        row["_sort"] = base[0]["test"]["vqa_accuracy"]
+        rows.append(row)
+    df = pd.DataFrame(rows).sort_values("_sort", ascending=False, kind="stable").drop(columns="_sort")
+    return df.fillna("–")
+
+
+def render(records: Iterable[dict[str, Any]], curves: dict[tuple[str, str], str] | None = None) -> dict[str, str]:
+    """Markdown text per dataset: one table per (task kind, profile)."""
+    groups: dict[str, dict[tuple[str, str], list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        groups[r["dataset"]][(r["kind"], r["profile"])].append(r)
+    out = {}
+    for dataset, tables in sorted(groups.items()):
+        lines = [f"# {dataset}", "", "Generated by `vqabench leaderboard` from result records; do not edit by hand.", ""]
+        for (kind, profile), rs in sorted(tables.items()):
+            devices = sorted({r["device"] for r in rs})
+            seeds = sorted({r["seed"] for r in rs})
+            dates = sorted({r["finished"][:10] for r in rs})
+            versions = sorted({r["versions"]["vqabench"] for r in rs})
+            lines += [
+                f"## {kind} — {profile} profile",
+                "",
+                f"- Profile: `{profile}`; seeds: {', '.join(map(str, seeds))}; device: {'; '.join(devices)}",
+                f"- Weights: {'; '.join(sorted({r['model'] + ': ' + r['weights'] for r in rs}))}",
+                f"- Date: {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}; vqabench {', '.join(versions)}",
+                f"- Accuracy of the best-validation checkpoint on test; metric values are fractions in [0, 1].",
+            ]
+            disabled = sorted({f"{a} ({why})" for r in rs for a, why in r["augmentations"]["disabled"].items()})
+            if disabled:
+                lines.append(f"- Augmentations switched off: {', '.join(disabled)}")
+            lines += ["", table(rs).to_markdown(index=False, disable_numparse=True), ""]
+            if curves and (kind, profile) in curves.get(dataset, {}):
+                lines += [f"![training curves]({curves[dataset][(kind, profile)]})", ""]
+        out[dataset] = "\n".join(lines)
+    return out
+
+
+def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
+    """Validation metric per epoch and step loss per model, as report 000 figure 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    primary = PRIMARY[records[0]["kind"]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=90)
+    for r in records:
+        label = f"{r['model']} (seed {r['seed']})"
+        ax1.plot([h["epoch"] for h in r["history"]], [h["val"].get(primary) for h in r["history"]], marker="o", ms=3, label=label)
+        losses = pd.Series(r["step_losses"], dtype=float)
+        ax2.plot(losses.rolling(max(1, len(losses) // 50), min_periods=1).mean(), label=label)
+    ax1.set(xlabel="epoch", ylabel=f"val {primary}", title="Validation")
+    ax2.set(xlabel="step", ylabel="training loss (smoothed)", title="Step loss")
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write(records: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Write ``<dataset>.md`` and its curve PNGs into ``out_dir``; return the Markdown paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves: dict[str, dict[tuple[str, str], str]] = defaultdict(dict)
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r["dataset"], r["kind"], r["profile"])].append(r)
+    for (dataset, kind, profile), rs in groups.items():
+        if any(r["history"] for r in rs):
+            name = f"{dataset}-{kind}-{profile}.png"
+            plot_curves([r for r in rs if r["history"]], out_dir / name)
+            curves[dataset][(kind, profile)] = name
+    paths = []
+    for dataset, text in render(records, curves).items():
+        path = out_dir / f"{dataset}.md"
+        atomic_write_text(path, text)
+        paths.append(path)
+    return paths

@@ -1,0 +1,92 @@
+"""The plugin manager: entry-point discovery with an explicit ``load_plugins()``.
+
+Nothing is loaded on import. ``VQABENCH_PLUGINS`` (comma-separated entry-point names) restricts
+which plugins load. A plugin that fails to import, raises in a hook or registers a taken name is
+reported with a warning and marked failed; the others still load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from importlib.metadata import entry_points
+
+import pluggy
+
+from vqabench import hookspecs
+from vqabench.registry import PluginInfo, Registry
+
+GROUP = "vqabench"
+ENV_ALLOW = "VQABENCH_PLUGINS"
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded or registered something invalid."""
+
+
+def _collect(pm: pluggy.PluginManager, plugin: object, info: PluginInfo, registry: Registry) -> None:
+    """Call this plugin's hooks alone, so an error is pinned on it and its partial work undone."""
+    staged = Registry()
+    staged.datasets, staged.models, staged.owner = dict(registry.datasets), dict(registry.models), dict(registry.owner)
+    hooks = [("dataset", "register_datasets", info.datasets), ("model", "register_models", info.models)]
+    for what, hook_name, names in hooks:
+        impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin is plugin]
+        for impl in impls:
+            def register(spec, _what=what, _names=names):
+                staged.add(_what, spec, info.name)
+                _names.append(spec.name)
+
+            impl.function(register=register)
+    registry.datasets, registry.models, registry.owner = staged.datasets, staged.models, staged.owner
+
+
+def load_plugins(extra: dict[str, object] | None = None) -> tuple[Registry, list[PluginInfo]]:
+    """Discover the ``vqabench`` entry points, run their hooks, return the registry and plugin list.
+
+    ``extra`` maps names to already-imported plugin modules or objects (for tests and embedding).
+    """
+    allow = {n.strip() for n in os.environ.get(ENV_ALLOW, "").split(",") if n.strip()}
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    registry = Registry()
+    infos: list[PluginInfo] = []
+    candidates: list[tuple[PluginInfo, object | None, str | None]] = []
+
+    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        if allow and ep.name not in allow:
+            continue
+        dist = ep.dist.name if ep.dist else "?"
+        version = ep.dist.version if ep.dist else "?"
+        info = PluginInfo(name=ep.name, distribution=dist, version=version)
+        try:
+            candidates.append((info, ep.load(), None))
+        except Exception as exc:  # a broken plugin must not take the harness down
+            candidates.append((info, None, f"import failed: {type(exc).__name__}: {exc}"))
+    for name, obj in (extra or {}).items():
+        module = importlib.import_module(obj) if isinstance(obj, str) else obj
+        candidates.append((PluginInfo(name=name, distribution="(local)", version="-"), module, None))
+
+    for info, plugin, error in candidates:
+        infos.append(info)
+        if plugin is not None and error is None:
+            try:
+                pm.register(plugin, name=info.name)
+                _collect(pm, plugin, info, registry)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                info.datasets.clear()
+                info.models.clear()
+        if error:
+            info.error = error
+            warnings.warn(f"vqabench plugin {info.name!r} ({info.distribution}) failed: {error}", PluginWarning, stacklevel=2)
+    return registry, infos
+
+
+def plugin_version(registry: Registry, what: str, name: str, infos: list[PluginInfo]) -> dict[str, str]:
+    """The plugin, distribution and version that registered a dataset or model."""
+    plugin = registry.owner.get((what, name), "?")
+    for info in infos:
+        if info.name == plugin:
+            return {"plugin": plugin, "distribution": info.distribution, "version": info.version}
+    return {"plugin": plugin, "distribution": "?", "version": "?"}

@@ -1,0 +1,40 @@
+"""Re-computing metrics from stored predictions, so that a metric fix never costs a retrain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from vqabench import evaluate
+from vqabench.results import atomic_write_json, iter_records, read_jsonl
+from vqabench.tasks import TaskKind
+
+
+def rescore(runs: Path, spice: bool = False) -> Iterator[tuple[Path, bool]]:
+    """Rescore every record under ``runs`` from its ``predictions-<split>.jsonl``; yield (path, changed)."""
+    for path, record in iter_records(runs):
+        kind = TaskKind(record["kind"])
+        opts = dict(record["config"].get("score", {}))
+        if kind is TaskKind.CAPTIONING:
+            opts["spice"] = spice
+        final = {}
+        for split in record["final"]:
+            preds = path.parent / f"predictions-{split}.jsonl"
+            if not preds.exists():
+                raise FileNotFoundError(f"{preds} is missing: rerun the cell with vqabench run --force")
+            lines = read_jsonl(preds)
+            final[split] = evaluate.score(kind, lines, **opts)
+            if split in record.get("baseline", {}):
+                answer = record["baseline"][split]["answer"]
+                base = evaluate.score(TaskKind.VQA, [{**ln, "answer": answer} for ln in lines], vqa_mode=opts.get("vqa_mode", "vqa"))
+                record["baseline"][split]["vqa_accuracy"] = base["vqa_accuracy"]
+        changed = _norm(final) != _norm(record["final"])
+        record["final"] = final
+        atomic_write_json(path, record)
+        yield path, changed
+
+
+def _norm(obj):
+    import json
+
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
