@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         models=tuple(m for m in args.models.split(",") if m), tasks=tuple(t for t in args.tasks.split(",") if t),
         profile=args.profile, device=args.device, seed=args.seed, out=Path(args.out), cache_dir=Path(args.cache_dir or default_cache()),
         model_overrides=overrides, data_overrides=_pairs(args.data, "--data"), limit=args.limit, force=args.force,
-        progress=not args.no_progress,
+        no_cache=args.no_cache, progress=not args.no_progress,
     )
     registry, infos = load_plugins()
     cells, skipped = plan(registry, opts)
@@ -111,6 +111,41 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from vqabench.bench import bench
+    from vqabench.plugins import load_plugins
+    from vqabench.results import atomic_write_text
+    from vqabench.runner import RunOptions
+
+    opts = RunOptions(
+        models=tuple(m for m in args.models.split(",") if m), tasks=tuple(t for t in args.tasks.split(",") if t),
+        profile=args.profile, device=args.device, seed=args.seed, cache_dir=Path(args.cache_dir or default_cache()),
+        model_overrides=_pairs(args.set, "--set"), data_overrides=_pairs(args.data, "--data"), progress=not args.no_progress,
+    )
+    registry, infos = load_plugins()
+    rows = bench(registry, infos, opts, max_steps=args.max_steps)
+    if not rows:
+        raise SystemExit("error: no (model, task) pair to benchmark")
+    # One column per cell: the rows are long, the cells few.
+    fields = [k for k in rows[0] if k not in ("model", "task")]
+    table = [[k, *[(f"{r[k]:.4g}" if isinstance(r[k], float) else r[k]) for r in rows]] for k in fields]
+    print(tabulate(table, headers=["", *[f"{r['model']} / {r['task']}" for r in rows]]))
+    atomic_write_text(Path(args.json), json.dumps({"profile": args.profile, "rows": rows}, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    from vqabench.features import clear
+
+    cache = Path(args.cache_dir or default_cache())
+    removed = clear(cache, args.what)
+    print(f"removed {len(removed)} item(s) from {cache}" + "".join(f"\n  {p}" for p in removed))
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from vqabench.rescore import rescore
 
@@ -142,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, help="seeded random sample of at most N per split (marked partial)")
     r.add_argument("--force", action="store_true", help="redo cells that are already done")
     r.add_argument("--list", action="store_true", help="only list the planned and skipped pairs")
+    r.add_argument("--no-cache", action="store_true", help="recompute frozen encoders every step (no feature cache)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=cmd_run)
 
@@ -164,6 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--thresholds", required=True)
     c.add_argument("runs")
     c.set_defaults(fn=cmd_check)
+
+    b = sub.add_parser("bench", help="throughput benchmark: images/s, cached vs uncached epochs, memory")
+    b.add_argument("--models", default="all")
+    b.add_argument("--tasks", required=True)
+    b.add_argument("--profile", default="quick", choices=["quick", "paper"])
+    b.add_argument("--device", default="auto")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--cache-dir", default=None)
+    b.add_argument("--set", action="append", metavar="KEY=VALUE")
+    b.add_argument("--data", action="append", metavar="KEY=VALUE")
+    b.add_argument("--max-steps", type=int, default=None, help="cap the timed epochs at N steps")
+    b.add_argument("--json", default="bench.json", help="where to write the measurements")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(fn=cmd_bench)
+
+    cc = sub.add_parser("cache", help="cache commands").add_subparsers(dest="cache_command", required=True)
+    cl = cc.add_parser("clear", help="delete cached features, decoded images or generated data")
+    cl.add_argument("what", nargs="?", default="features", choices=["features", "images", "data", "all"])
+    cl.add_argument("--cache-dir", default=None)
+    cl.set_defaults(fn=cmd_cache_clear)
 
     s = sub.add_parser("score", help="recompute metrics from stored predictions")
     s.add_argument("runs")

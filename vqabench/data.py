@@ -108,6 +108,7 @@ class Batches:
     shuffle: bool = False
     seed: int = 0
     answer_index: dict[str, int] | None = None
+    features: Any = None  # a vqabench.features.FeatureStore when the model's stem is cached
     epoch: int = 0
 
     def _groups(self) -> list[list[int]]:
@@ -143,31 +144,32 @@ class Batches:
         for g in groups:
             yield self._collate([self.samples[i] for i in g])
 
+    def _images(self, paths: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pixels, or (with the feature cache) a placeholder plus the cached stem features."""
+        if self.features is None:
+            return self.store.gather(paths), None
+        return torch.empty(len(paths), 0), self.features.gather(paths)
+
     def _collate(self, samples: list[Any]) -> Any:
         if self.kind in (TaskKind.VQA, TaskKind.ANSWERABILITY):
-            return _collate_qa(samples, self.store, self.answer_index or {})
+            unique = list(dict.fromkeys(s.image for s in samples))
+            pos = {p: i for i, p in enumerate(unique)}
+            images, feats = self._images(unique)
+            index = self.answer_index or {}
+            return QABatch(
+                ids=[s.id for s in samples],
+                images=images,
+                image_index=torch.tensor([pos[s.image] for s in samples], dtype=torch.long),
+                questions=[s.question for s in samples],
+                labels=torch.tensor([index.get(s.answers[0], -1) for s in samples], dtype=torch.long),
+                answerable=torch.tensor([1.0 if s.answerable else 0.0 for s in samples]),
+                question_types=[s.question_type for s in samples],
+                image_features=feats,
+            )
+        images, feats = self._images([s.image for s in samples])
         if self.kind is TaskKind.ZEROSHOT:
-            return ImageBatch([s.id for s in samples], self.store.gather([s.image for s in samples]), torch.tensor([s.label for s in samples]))
-        return CaptionBatch(
-            [s.id for s in samples],
-            self.store.gather([s.image for s in samples]),
-            [list(s.captions) for s in samples],
-            [s.domain for s in samples],
-        )
-
-
-def _collate_qa(samples: list[QASample], store: ImageStore, answer_index: dict[str, int]) -> QABatch:
-    unique = list(dict.fromkeys(s.image for s in samples))
-    pos = {p: i for i, p in enumerate(unique)}
-    return QABatch(
-        ids=[s.id for s in samples],
-        images=store.gather(unique),
-        image_index=torch.tensor([pos[s.image] for s in samples], dtype=torch.long),
-        questions=[s.question for s in samples],
-        labels=torch.tensor([answer_index.get(s.answers[0], -1) for s in samples], dtype=torch.long),
-        answerable=torch.tensor([1.0 if s.answerable else 0.0 for s in samples]),
-        question_types=[s.question_type for s in samples],
-    )
+            return ImageBatch([s.id for s in samples], images, torch.tensor([s.label for s in samples]), feats)
+        return CaptionBatch([s.id for s in samples], images, [list(s.captions) for s in samples], [s.domain for s in samples], feats)
 
 
 def image_paths(samples: Sequence[QASample | ImageSample | CaptionSample]) -> list[str]:

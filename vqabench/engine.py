@@ -88,6 +88,53 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
+@dataclass
+class EpochStats:
+    losses: list[float]
+    images: int
+    samples: int
+    seconds: float
+
+
+def train_epoch(model: Any, batches: Any, opt: torch.optim.Optimizer, sched: Any, cfg: TrainConfig, device: torch.device, augment: Any = None, gen: torch.Generator | None = None, *, max_steps: int | None = None, desc: str = "train", progress: bool = False) -> EpochStats:
+    """One pass over ``batches`` (or ``max_steps`` of them): forward, backward, step; timed."""
+    model.train()
+    gen = gen if gen is not None else torch.Generator().manual_seed(0)
+    n_batches = len(batches) if max_steps is None else min(max_steps, len(batches))
+    losses: list[torch.Tensor] = []
+    images = samples = 0
+    t0 = time.perf_counter()
+    bar = tqdm(batches, total=n_batches, desc=desc, unit="batch", disable=not progress, leave=False)
+    opt.zero_grad(set_to_none=True)
+    for i, batch in enumerate(bar):
+        if i >= n_batches:
+            break
+        batch = batch.to(device)
+        if augment is not None:
+            batch.images = augment(batch.images, gen)
+        if device.type == "cuda" and batch.images.dim() == 4 and batch.images.numel():
+            batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, cfg.precision):
+            loss = model.loss(batch)
+        (loss / cfg.grad_accum).backward()
+        losses.append(loss.detach())
+        images += batch.images.shape[0]
+        samples += len(batch.ids)
+        if (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches:
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            opt.zero_grad(set_to_none=True)
+        if progress and i % 20 == 0:  # the only host sync in the loop, and only for the bar
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return EpochStats(torch.stack(losses).float().cpu().tolist() if losses else [], images, samples, seconds)
+
+
 def fit(
     model: Any,
     train_batches: Any,
@@ -122,34 +169,12 @@ def fit(
         train_batches.epoch = start
 
     for epoch in range(start, cfg.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        losses: list[torch.Tensor] = []
-        bar = tqdm(train_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress, leave=False)
-        opt.zero_grad(set_to_none=True)
-        for i, batch in enumerate(bar):
-            batch = batch.to(device)
-            if augment is not None:
-                batch.images = augment(batch.images, gen)
-            with autocast(device, cfg.precision):
-                loss = model.loss(batch)
-            (loss / cfg.grad_accum).backward()
-            losses.append(loss.detach())
-            result.train_images += batch.images.shape[0]
-            result.train_samples += len(batch.ids)
-            if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(train_batches):
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-            if progress and i % 20 == 0:  # the only host sync in the loop, and only for the bar
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+        stats = train_epoch(model, train_batches, opt, sched, cfg, device, augment, gen, desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress)
+        seconds = stats.seconds
         result.train_seconds += seconds
-        step_losses = torch.stack(losses).float().cpu().tolist() if losses else []
+        result.train_images += stats.images
+        result.train_samples += stats.samples
+        step_losses = stats.losses
         result.step_losses.extend(step_losses)
         metrics = validate(epoch + 1)
         entry = {

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Stem:
+    """The frozen, deterministic front of a model's image path, whose output can be cached.
+
+    ``encode`` maps float images [U, 3, H, W] in [0, 1] to features [U, ...]; the model's
+    ``loss`` and ``predict`` use ``batch.image_features`` instead of running it when present.
+    ``key`` identifies the weights and preprocessing (it keys the on-disk cache).
+    """
+
+    name: str  # what is cached, e.g. "resnet18 pooled features" or "ViT blocks 0-9"
+    key: str
+    encode: Callable[[torch.Tensor], torch.Tensor]
 
 
 class TaskModel(nn.Module):
@@ -32,9 +47,13 @@ class TaskModel(nn.Module):
         """One prediction dict per sample (fields per task kind, see ``vqabench.tasks``)."""
         raise NotImplementedError
 
-    def describe_cached(self) -> list[str]:
-        """Names of the parts whose outputs come from the feature cache (none by default)."""
-        return []
+    def image_stem(self) -> Stem | None:
+        """The cacheable frozen front of the image path, or None when every part trains."""
+        return None
+
+    def text_cache_info(self) -> str | None:
+        """What text encoder's outputs are memoised per distinct string, or None."""
+        return None
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -36,7 +36,7 @@ RECORD_FIELDS = {
     "weights": "weights used: a pretrained tag or 'random init'",
     "partial": "true when --limit sampled the data; then 'limit' and 'sample_ids' say how",
     "augmentations": "{'used': [...], 'disabled': {name: reason}}",
-    "cached": "parts whose outputs came from the feature cache",
+    "cached": "{'image': cached stem or null, 'text': memoised text encoder or null, 'off': why the image cache was off}",
     "params": "{'trainable': int, 'total': int}",
     "history": "per epoch: train_loss, seconds, lr per group, val metrics",
     "step_losses": "training loss of every step",

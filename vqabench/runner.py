@@ -41,6 +41,7 @@ class RunOptions:
     data_overrides: Mapping[str, Any] = field(default_factory=dict)
     limit: int | None = None
     force: bool = False
+    no_cache: bool = False
     progress: bool = True
 
 
@@ -109,6 +110,8 @@ def device_name(device: torch.device) -> str:
 def run(registry: Registry, infos: list[PluginInfo], opts: RunOptions) -> Ledger:
     """Run every planned cell; a failing cell is recorded in the ledger and the rest go on."""
     cells, skipped = plan(registry, opts)
+    for cell in cells:  # a bad override fails the whole command before anything runs
+        resolve(cell, opts)
     ledger = Ledger(opts.out)
     for label, reason in skipped:
         ledger.set(f"{label.replace(' x ', '|')}|{opts.profile}|seed{opts.seed}", "skipped", reason=reason)
@@ -153,17 +156,21 @@ def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[Plugi
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = cell.model.build(mcfg, data, device).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     store = ImageStore.build([s.image for v in splits.values() for s in v], model.image_size, opts.cache_dir, data.revision, opts.progress)
     if device.type == "cuda":
         store = store.to(device)
     answer_index = {a: i for i, a in enumerate(data.answer_vocab or [])}
 
-    def batches(split: str, shuffle: bool) -> Batches:
-        return Batches(cell.kind, splits[split], store, mcfg.train.batch_size, shuffle, opts.seed, answer_index)
-
     unsafe = cell.dataset.unsafe_augmentations | data.unsafe_augmentations
     used = [a for a in mcfg.train.augment if a not in unsafe]
     disabled = {a: f"changes answers on {data.dataset}" for a in mcfg.train.augment if a in unsafe}
+    features, cached = feature_cache(model, store, used, opts, data.revision, device, mcfg.train.precision)
+
+    def batches(split: str, shuffle: bool) -> Batches:
+        return Batches(cell.kind, splits[split], store, mcfg.train.batch_size, shuffle, opts.seed, answer_index, features)
+
     score_opts = evaluate.score_options(data)
 
     def validate(epoch: int) -> dict[str, Any]:
@@ -199,7 +206,7 @@ def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[Plugi
         "partial": opts.limit is not None, "limit": opts.limit,
         "sample_ids": {s: [x.id for x in v] for s, v in splits.items()} if opts.limit is not None else None,
         "augmentations": {"used": used, "disabled": disabled},
-        "cached": model.describe_cached(),
+        "cached": cached,
         "params": {"trainable": trainable, "total": n_total},
         "history": result.history if result else [], "step_losses": result.step_losses if result else [],
         "best_epoch": result.best_epoch if result else None, "resumed_from_epoch": result.resumed_from if result else 0,
@@ -221,6 +228,25 @@ def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[Plugi
     }
     atomic_write_json(where / "record.json", record)
     return "done", {"record": str(where / "record.json")}
+
+
+def feature_cache(model: Any, store: ImageStore, augment: list[str], opts: RunOptions, revision: str, device: torch.device, precision: str) -> tuple[Any, dict[str, Any]]:
+    """The cached stem features when the stem is frozen and the input not augmented, and a note."""
+    from vqabench.features import FeatureStore
+
+    stem = model.image_stem()
+    note: dict[str, Any] = {"image": None, "text": model.text_cache_info(), "off": None}
+    if stem is None:
+        note["off"] = "no frozen image stem"
+    elif opts.no_cache:
+        note["off"] = "--no-cache"
+    elif augment:
+        note["off"] = f"augmentation on ({', '.join(augment)})"
+    else:
+        features, hit = FeatureStore.build(stem, store, opts.cache_dir, revision, device, precision)
+        note["image"] = f"{stem.name} ({'cache hit' if hit else 'computed'})"
+        return features, note
+    return None, note
 
 
 def _plugin(registry: Registry, infos: list[PluginInfo], what: str, name: str) -> dict[str, str]:

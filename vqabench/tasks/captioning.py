@@ -26,9 +26,11 @@ class CaptionBatch:
     images: torch.Tensor  # float [B, 3, H, W] in [0, 1]
     captions: list[list[str]]  # references; training uses one sampled per image
     domains: list[str]
+    image_features: torch.Tensor | None = None  # frozen-stem output per image, when cached
 
     def to(self, device: torch.device) -> "CaptionBatch":
-        return CaptionBatch(self.ids, self.images.to(device, non_blocking=True), self.captions, self.domains)
+        feats = None if self.image_features is None else self.image_features.to(device, non_blocking=True)
+        return CaptionBatch(self.ids, self.images.to(device, non_blocking=True), self.captions, self.domains, feats)
 
 
 def reference_fields(sample: CaptionSample) -> dict[str, Any]:

@@ -42,6 +42,8 @@ class QABatch:
     labels: torch.Tensor  # long [B]: index into the answer vocabulary, -1 when out of vocabulary
     answerable: torch.Tensor  # float [B]: 1.0 answerable, 0.0 not
     question_types: list[str]
+    # Output of the model's frozen image stem per row of ``images``, when the feature cache is on.
+    image_features: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "QABatch":
         return QABatch(
@@ -52,6 +54,7 @@ class QABatch:
             labels=self.labels.to(device, non_blocking=True),
             answerable=self.answerable.to(device, non_blocking=True),
             question_types=self.question_types,
+            image_features=None if self.image_features is None else self.image_features.to(device, non_blocking=True),
         )
 
 

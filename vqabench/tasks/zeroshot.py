@@ -25,9 +25,11 @@ class ImageBatch:
     ids: list[str]
     images: torch.Tensor  # float [B, 3, H, W] in [0, 1]
     labels: torch.Tensor  # long [B]
+    image_features: torch.Tensor | None = None  # frozen-stem output per image, when cached
 
     def to(self, device: torch.device) -> "ImageBatch":
-        return ImageBatch(self.ids, self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True))
+        feats = None if self.image_features is None else self.image_features.to(device, non_blocking=True)
+        return ImageBatch(self.ids, self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True), feats)
 
 
 def reference_fields(sample: ImageSample) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from torch import nn
 
 from vqabench.config import TrainConfig
 from vqabench.hookspecs import hookimpl
-from vqabench.model import TaskModel
+from vqabench.model import Stem, TaskModel
 from vqabench.registry import DatasetSpec, ModelSpec
 from vqabench.tasks import TaskData, TaskKind
 from vqabench.tasks.captioning import CaptionSample
@@ -82,7 +82,8 @@ def load(cfg: ExampleConfig, kind: TaskKind, cache_dir: Path) -> TaskData:
 class BowConfig:
     hidden: int = 32
     buckets: int = 64
-    image_size: int = 8
+    image_size: int = 16
+    pooled_size: int = 8
     pretrained: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, batch_size=16, warmup_epochs=1, lrs={"head": 0.05}, report_epochs=(3,), augment=("color_jitter", "hflip")))
 
@@ -93,7 +94,14 @@ class BagOfWords(TaskModel):
     def __init__(self, cfg: BowConfig, vocab: list[str]) -> None:
         super().__init__()
         self.cfg, self.vocab, self.image_size = cfg, vocab, cfg.image_size
-        self.mlp = nn.Sequential(nn.Linear(3 * cfg.image_size**2 + cfg.buckets, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, len(vocab)))
+        self.mlp = nn.Sequential(nn.Linear(3 * cfg.pooled_size**2 + cfg.buckets, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, len(vocab)))
+
+    def _pool(self, images: torch.Tensor) -> torch.Tensor:
+        return nn.functional.adaptive_avg_pool2d(images, self.cfg.pooled_size).flatten(1)
+
+    def image_stem(self) -> Stem:
+        # Average pooling has no weights: a frozen, deterministic stem the feature cache can hold.
+        return Stem(f"avg-pool {self.cfg.pooled_size}px", f"avgpool-{self.cfg.pooled_size}", self._pool)
 
     def _bow(self, questions: list[str], device: torch.device) -> torch.Tensor:
         out = torch.zeros(len(questions), self.cfg.buckets, device=device)
@@ -103,7 +111,8 @@ class BagOfWords(TaskModel):
         return out
 
     def forward(self, batch) -> torch.Tensor:
-        img = batch.images.flatten(1)[batch.image_index]
+        pooled = batch.image_features if batch.image_features is not None else self._pool(batch.images)
+        img = pooled[batch.image_index]
         return self.mlp(torch.cat([img, self._bow(batch.questions, img.device)], dim=1))
 
     def loss(self, batch) -> torch.Tensor:

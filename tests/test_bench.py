@@ -1,0 +1,18 @@
+import json
+
+from conftest import run_cli
+from vqabench.bench import FIELDS
+
+
+def test_bench_prints_and_writes_every_field(only_example, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "--models", "example-bow", "--tasks", "example-colors/vqa", "--cache-dir", str(tmp_path / "cache"),
+                   "--set", "train.augment=", "--json", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert list(row) == FIELDS
+    assert row["model"] == "example-bow" and row["task"] == "example-colors/vqa"
+    for key in ("uncached_epoch_s", "cached_epoch_s", "cached_speedup", "train_images_per_s", "inference_images_per_s", "prepare_data_s", "cache_build_s"):
+        assert isinstance(row[key], float) and row[key] > 0, key
+    assert row["prepare_images"] == 48 and row["train_steps"] >= 1 and row["cache"] == "avg-pool 8px"
+    assert "cached_speedup" in proc.stdout and "example-bow / example-colors/vqa" in proc.stdout
