@@ -6,9 +6,12 @@ never copies of them. Overrides use dotted keys for nested dataclasses: ``{"trai
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import enum
 import hashlib
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -43,7 +46,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or value == "none":
             return None
@@ -54,10 +57,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (inner, *_rest) = typing.get_args(tp) or (Any,)
         seq = [_coerce(i, inner, key) for i in items]
         return tuple(seq) if origin is tuple else seq
-    if origin in (dict, Mapping, typing.Mapping) or tp in (dict, Mapping):
+    if origin in (dict, collections.abc.Mapping) or tp in (dict, Mapping):
         if isinstance(value, str):
-            pairs = (kv.split("=", 1) for kv in value.split(",") if kv)
-            return {k: float(v) for k, v in pairs}
+            pairs = [kv.split("=", 1) for kv in value.split(",") if kv]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError(f"override {key}={value!r}: expected NAME=VALUE[,NAME=VALUE]")
+            return {k: _coerce(v, float, f"{key}.{k}") for k, v in pairs}
         return dict(value)
     try:
         if tp is bool and isinstance(value, str):
@@ -94,7 +99,7 @@ def apply_overrides(obj: Any, overrides: Mapping[str, Any], *, where: str = "con
         if dataclasses.is_dataclass(current):
             direct[head] = apply_overrides(current, sub, where=f"{where}.{head}")
         elif isinstance(current, Mapping):  # e.g. train.lrs.head=1e-3 merges one learning rate
-            direct[head] = {**current, **{k: float(v) for k, v in sub.items()}}
+            direct[head] = {**current, **{k: _coerce(v, float, f"{where}.{head}.{k}") for k, v in sub.items()}}
         else:
             raise ValueError(f"{where}: field {head!r} has no sub-fields (got {head}.{next(iter(sub))})")
     return dataclasses.replace(obj, **direct)
@@ -102,14 +107,14 @@ def apply_overrides(obj: Any, overrides: Mapping[str, Any], *, where: str = "con
 
 def to_jsonable(obj: Any) -> Any:
     """A dataclass (nested) as plain JSON types, for records and hashing."""
+    if isinstance(obj, enum.Enum):
+        return to_jsonable(obj.value)
     if dataclasses.is_dataclass(obj):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, Mapping):
         return {str(k): to_jsonable(v) for k, v in sorted(obj.items())}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
-    if hasattr(obj, "value") and hasattr(obj, "name") and not isinstance(obj, (int, float, str)):
-        return obj.value
     return obj
 
 

@@ -116,21 +116,23 @@ class Batches:
         order = np.arange(len(self.samples))
         if self.kind not in (TaskKind.VQA, TaskKind.ANSWERABILITY):
             if self.shuffle:
-                order = np.random.default_rng(self.seed + self.epoch).permutation(order)
+                order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
             return [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         by_image: dict[str, list[int]] = {}
         for i, s in enumerate(self.samples):
             by_image.setdefault(s.image, []).append(i)
         images = list(by_image)
         if self.shuffle:
-            images = [images[i] for i in np.random.default_rng(self.seed + self.epoch).permutation(len(images))]
+            images = [images[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(images))]
         groups, current = [], []
         for img in images:
             qs = by_image[img]
-            if current and len(current) + len(qs) > self.batch_size:
-                groups.append(current)
-                current = []
-            current.extend(qs)
+            for start in range(0, len(qs), self.batch_size):  # an image with more questions than a batch is split
+                chunk = qs[start : start + self.batch_size]
+                if current and len(current) + len(chunk) > self.batch_size:
+                    groups.append(current)
+                    current = []
+                current.extend(chunk)
         if current:
             groups.append(current)
         return groups

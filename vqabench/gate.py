@@ -57,7 +57,10 @@ def load_thresholds(path: Path) -> list[Threshold]:
         raise ValueError(f"{path}: not valid TOML: {exc}") from None
     out = []
     allowed = set(Threshold.__dataclass_fields__)
-    for i, entry in enumerate(data.get("check", []), 1):
+    entries = data.get("check", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"{path}: write each threshold as a [[check]] table (an array of tables), not [check]")
+    for i, entry in enumerate(entries, 1):
         where = f"{path}: [[check]] #{i}"
         unknown = set(entry) - allowed
         if unknown:
@@ -69,6 +72,10 @@ def load_thresholds(path: Path) -> list[Threshold]:
             raise ValueError(f"{where}: metric {entry['metric']!r} must be SPLIT.METRIC, e.g. test.vqa_accuracy")
         if entry.get("min") is None and entry.get("max") is None:
             raise ValueError(f"{where}: give min, max or both")
+        for bound in ("min", "max"):
+            value = entry.get(bound)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{where}: {bound} must be a number, got {value!r}")
         if entry.get("relative_to") not in (None, "majority"):
             raise ValueError(f"{where}: relative_to must be \"majority\"")
         out.append(Threshold(**entry))

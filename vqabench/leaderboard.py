@@ -75,7 +75,7 @@ def table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     for model, rs in by_model.items():
         name = rs[0]["display_name"] + (f" [{model.split('@', 1)[1]}]" if "@" in model else "")
         if any(r["partial"] for r in rs):
-            name += f" (partial: --limit {rs[0]['limit']})"
+            name += f" (partial: --limit {next(r['limit'] for r in rs if r['partial'])})"
         row: dict[str, Any] = {"Model": name, "Weights": rs[0]["weights"], "Trainable params": fmt_params(rs[0]["params"]["trainable"])}
         for e in epochs:
             row[f"Val Acc ({e} ep)" if kind == "vqa" else f"Val {primary} ({e} ep)"] = _mean([_val_at(r, e, primary) for r in rs])

@@ -111,8 +111,8 @@ class Registry:
         expected = DatasetSpec if what == "dataset" else ModelSpec
         if not isinstance(spec, expected):
             raise ValueError(f"plugin {plugin!r} registered a {type(spec).__name__}, expected {expected.__name__}")
-        if not spec.name or spec.name != spec.name.strip() or "/" in spec.name or "," in spec.name:
-            raise ValueError(f"plugin {plugin!r}: invalid {what} name {spec.name!r} (no '/', ',' or spaces)")
+        if not spec.name or any(c.isspace() or c in "/,@" for c in spec.name):
+            raise ValueError(f"plugin {plugin!r}: invalid {what} name {spec.name!r} (no '/', ',', '@' or spaces)")
         for kind in spec.task_kinds:
             if not isinstance(kind, TaskKind):
                 raise ValueError(

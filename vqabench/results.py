@@ -118,7 +118,8 @@ class Ledger:
             self.cells = json.loads(self.path.read_text(encoding="utf-8")).get("cells", {})
 
     def set(self, cell: str, state: str, **info: Any) -> None:
-        assert state in self.STATES, state
+        if state not in self.STATES:
+            raise ValueError(f"ledger cell {cell!r}: unknown state {state!r}; states are {', '.join(self.STATES)}")
         self.cells[cell] = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info}
         atomic_write_json(self.path, {"cells": self.cells})
 

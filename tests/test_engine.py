@@ -1,0 +1,183 @@
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from vqabench.config import TrainConfig, apply_overrides
+from vqabench.engine import load_weights, make_optimizer, save_weights, warmup_cosine
+
+
+class Tiny(nn.Module):
+    """A frozen backbone (with a BatchNorm), a trainable head and a group with nothing trainable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        self.head = nn.Linear(4, 2)
+        self.proj = nn.Linear(2, 2)
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.proj.bias.requires_grad_(False)
+
+    def param_groups(self):
+        return {
+            "backbone": list(self.backbone.parameters()),
+            "head": list(self.head.parameters()),
+            "proj": list(self.proj.parameters()),
+        }
+
+
+def cfg(**lrs):
+    return apply_overrides(TrainConfig(), {"lrs": lrs, "weight_decay": 0.05})
+
+
+# -- warmup_cosine ----------------------------------------------------------------------------------
+
+def test_warmup_cosine_values():
+    f = warmup_cosine(total_steps=110, warmup_steps=10)
+    assert f(0) == pytest.approx(0.1)
+    assert f(4) == pytest.approx(0.5)
+    assert f(9) == pytest.approx(1.0)  # last warm-up step
+    assert f(10) == pytest.approx(1.0)  # first decay step
+    assert f(60) == pytest.approx(0.5)  # halfway through the decay
+    assert f(35) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert f(110) == pytest.approx(0.0, abs=1e-12)
+    assert f(500) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_warmup_cosine_is_monotone():
+    f = warmup_cosine(50, 5)
+    up = [f(s) for s in range(5)]
+    down = [f(s) for s in range(5, 51)]
+    assert up == sorted(up)
+    assert down == sorted(down, reverse=True)
+
+
+def test_warmup_cosine_without_warmup():
+    f = warmup_cosine(total_steps=4, warmup_steps=0)
+    assert [round(f(s), 6) for s in range(5)] == [1.0, round(0.5 * (1 + math.cos(math.pi / 4)), 6), 0.5, round(0.5 * (1 + math.cos(3 * math.pi / 4)), 6), 0.0]
+
+
+def test_warmup_cosine_warmup_longer_than_training():
+    f = warmup_cosine(total_steps=3, warmup_steps=5)
+    assert [f(s) for s in range(3)] == pytest.approx([0.2, 0.4, 0.6])
+
+
+def test_warmup_cosine_drives_lambda_lr():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(10, 2))
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([0.1, 0.2, 0.2])
+    assert lrs[-1] == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+
+
+# -- make_optimizer ---------------------------------------------------------------------------------
+
+def test_make_optimizer_groups_use_recipe_lrs():
+    model = Tiny()
+    opt = make_optimizer(model, cfg(head=1e-3, proj=5e-4, unused=1.0))
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups] == [("head", 1e-3, 0.05), ("proj", 5e-4, 0.05)]
+    head, proj = opt.param_groups
+    assert [id(p) for p in head["params"]] == [id(model.head.weight), id(model.head.bias)]
+    assert [id(p) for p in proj["params"]] == [id(model.proj.weight)]  # the frozen bias is left out
+
+
+def test_make_optimizer_frozen_group_needs_no_lr():
+    # "backbone" has no lr in the recipe, but it is all frozen: no error.
+    assert len(make_optimizer(Tiny(), cfg(head=1.0, proj=1.0)).param_groups) == 2
+
+
+def test_make_optimizer_missing_lr_names_group_and_flag():
+    with pytest.raises(ValueError, match=r"parameter group 'proj' of Tiny has no learning rate; set one with --lr proj=VALUE \(recipe has: head\)"):
+        make_optimizer(Tiny(), cfg(head=1e-3))
+
+
+def test_make_optimizer_no_trainable_parameters():
+    model = Tiny()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="Tiny has no trainable parameters"):
+        make_optimizer(model, cfg(head=1e-3))
+
+
+def test_make_optimizer_default_recipe_trains_a_head_only_model():
+    class HeadOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def param_groups(self):
+            return {"head": list(self.parameters())}
+
+    opt = make_optimizer(HeadOnly(), TrainConfig())
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups] == [("head", 1e-3, 0.01)]
+
+
+# -- save_weights / load_weights --------------------------------------------------------------------
+
+def perturb(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        for b in model.buffers():
+            if b.is_floating_point():
+                b.mul_(3.0).add_(0.5)
+            else:
+                b.add_(7)
+
+
+def test_save_weights_stores_trainable_parameters_and_buffers_only(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    path = tmp_path / "w.safetensors"
+    save_weights(model, path)
+    assert sorted(load_file(str(path))) == [
+        "backbone.1.num_batches_tracked", "backbone.1.running_mean", "backbone.1.running_var",
+        "head.bias", "head.weight", "proj.weight",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+
+
+def test_weights_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    model.train()
+    model.backbone(torch.randn(8, 3))  # moves the BatchNorm running statistics
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    path = tmp_path / "w.safetensors"
+    save_weights(model, path)
+    perturb(model)
+    frozen_after = {k: v.clone() for k, v in model.state_dict().items() if k in ("backbone.0.weight", "backbone.0.bias", "proj.bias")}
+    load_weights(model, path)
+    state = model.state_dict()
+    for key in ["head.weight", "head.bias", "proj.weight", "backbone.1.running_mean", "backbone.1.running_var", "backbone.1.num_batches_tracked"]:
+        assert torch.equal(state[key], saved[key]), key
+    for key, value in frozen_after.items():  # frozen parameters are not in the file: left as they are
+        assert torch.equal(state[key], value), key
+        assert not torch.equal(state[key], saved[key]), key
+
+
+def test_load_weights_into_fresh_model(tmp_path):
+    torch.manual_seed(0)
+    a = Tiny()
+    save_weights(a, tmp_path / "w.safetensors")
+    torch.manual_seed(1)
+    b = Tiny()
+    load_weights(b, tmp_path / "w.safetensors")
+    assert torch.equal(a.head.weight, b.head.weight)
+    assert not torch.equal(a.backbone[0].weight, b.backbone[0].weight)
+
+
+def test_load_weights_missing_tensor_names_file(tmp_path):
+    path = tmp_path / "old.safetensors"
+    save_weights(nn.Linear(2, 2), path)  # keys "weight", "bias": none of Tiny's
+    with pytest.raises(RuntimeError, match=r"checkpoint .*old\.safetensors lacks 6 tensors \(e\.g\. backbone\.1\.num_batches_tracked\); delete it to retrain"):
+        load_weights(Tiny(), path)

@@ -1,0 +1,138 @@
+from dataclasses import dataclass
+
+import pytest
+
+from vqabench.registry import DatasetSpec, ModelRef, ModelSpec, PluginInfo, Registry, did_you_mean
+from vqabench.tasks import TaskKind
+
+
+@dataclass(frozen=True)
+class Cfg:
+    x: int = 1
+
+
+def dataset(name="mini-clevr", kinds=(TaskKind.VQA,)):
+    return DatasetSpec(name=name, task_kinds=kinds, config_cls=Cfg, load=lambda c, k, d: None)
+
+
+def model(name="clip-lora", kinds=(TaskKind.VQA,)):
+    return ModelSpec(name=name, family="clip", display_name="CLIP LoRA", task_kinds=kinds, config_cls=Cfg, build=lambda c, d, dev: None)
+
+
+def test_did_you_mean_close_match():
+    assert did_you_mean("clip-lor", ["resnet-sbert", "clip-lora"]) == "; did you mean 'clip-lora'?"
+
+
+def test_did_you_mean_several_matches_in_order():
+    assert did_you_mean("hflp", ["hue", "hflip", "hflips"]) == "; did you mean 'hflip' or 'hflips'?"
+
+
+def test_did_you_mean_lists_known_when_nothing_is_close():
+    assert did_you_mean("zzz", ["b", "a"]) == "; known: a, b"
+
+
+def test_did_you_mean_nothing_known():
+    assert did_you_mean("zzz", []) == "; known: (none)"
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "tag", "back"),
+    [
+        ("clip-lora", "clip-lora", None, "clip-lora"),
+        ("clip-lora@random", "clip-lora", "random", "clip-lora@random"),
+        ("  resnet-sbert@v2 ", "resnet-sbert", "v2", "resnet-sbert@v2"),
+    ],
+)
+def test_model_ref_parse(text, name, tag, back):
+    ref = ModelRef.parse(text)
+    assert ref == ModelRef(name, tag)
+    assert str(ref) == back
+
+
+@pytest.mark.parametrize("text", ["x@", "@random", "", "   "])
+def test_model_ref_parse_rejects_bad_references(text):
+    with pytest.raises(ValueError, match=r"bad model reference .*: expected NAME or NAME@TAG"):
+        ModelRef.parse(text)
+
+
+def test_add_and_look_up():
+    reg = Registry()
+    d, m = dataset(), model()
+    reg.add("dataset", d, "plug-a")
+    reg.add("model", m, "plug-b")
+    assert reg.dataset("mini-clevr") is d
+    assert reg.model("clip-lora") is m
+    assert reg.owner == {("dataset", "mini-clevr"): "plug-a", ("model", "clip-lora"): "plug-b"}
+
+
+def test_same_name_for_a_dataset_and_a_model_is_allowed():
+    reg = Registry()
+    reg.add("dataset", dataset("same"), "a")
+    reg.add("model", model("same"), "b")
+    assert list(reg.datasets) == ["same"] and list(reg.models) == ["same"]
+
+
+@pytest.mark.parametrize(("what", "make"), [("dataset", dataset), ("model", model)])
+def test_add_rejects_duplicates_naming_both_plugins(what, make):
+    reg = Registry()
+    reg.add(what, make("dup"), "first-plugin")
+    with pytest.raises(ValueError, match=rf"plugin 'second-plugin': {what} name 'dup' is already registered by plugin 'first-plugin'"):
+        reg.add(what, make("dup"), "second-plugin")
+    assert reg.owner[(what, "dup")] == "first-plugin"
+
+
+@pytest.mark.parametrize("name", ["", " lead", "trail ", "a/b", "a,b"])
+def test_add_rejects_bad_names(name):
+    reg = Registry()
+    with pytest.raises(ValueError, match=r"plugin 'p': invalid model name .*no '/', ',', '@' or spaces"):
+        reg.add("model", model(name), "p")
+    assert reg.models == {}
+
+
+def test_add_rejects_inner_space():
+    with pytest.raises(ValueError, match="invalid dataset name"):
+        Registry().add("dataset", dataset("mini clevr"), "p")
+
+
+@pytest.mark.parametrize("kind", ["vqa", 3, None])
+def test_add_rejects_non_task_kind(kind):
+    reg = Registry()
+    with pytest.raises(ValueError, match=r"plugin 'p': dataset 'd' declares unknown task kind .*; use vqabench\.tasks\.TaskKind"):
+        reg.add("dataset", dataset("d", kinds=(TaskKind.VQA, kind)), "p")
+    assert reg.datasets == {}
+
+
+def test_add_rejects_wrong_spec_type():
+    with pytest.raises(ValueError, match=r"plugin 'p' registered a DatasetSpec, expected ModelSpec"):
+        Registry().add("model", dataset(), "p")
+    with pytest.raises(ValueError, match=r"plugin 'p' registered a dict, expected DatasetSpec"):
+        Registry().add("dataset", {"name": "x"}, "p")  # type: ignore[arg-type]
+
+
+def test_unknown_model_suggests():
+    reg = Registry()
+    reg.add("model", model("clip-lora"), "p")
+    reg.add("model", model("resnet-sbert"), "p")
+    with pytest.raises(KeyError, match=r"unknown model 'clip-lor'; did you mean 'clip-lora'\?"):
+        reg.model("clip-lor")
+
+
+def test_unknown_dataset_suggests():
+    reg = Registry()
+    reg.add("dataset", dataset("mini-clevr"), "p")
+    with pytest.raises(KeyError, match=r"unknown dataset 'miniclevr'; did you mean 'mini-clevr'\?"):
+        reg.dataset("miniclevr")
+
+
+def test_unknown_name_in_empty_registry():
+    with pytest.raises(KeyError, match=r"unknown dataset 'x'; known: \(none\)"):
+        Registry().dataset("x")
+
+
+def test_model_spec_default_random_tag():
+    assert model().tags == {"random": {"pretrained": False}}
+
+
+def test_plugin_info_status():
+    assert PluginInfo("a", "dist", "1.0").status == "ok"
+    assert PluginInfo("a", "dist", "1.0", error="ImportError: x").status == "failed"
