@@ -1,6 +1,6 @@
 import json
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def _run_example(tmp_path):

@@ -2,7 +2,7 @@ import warnings
 
 import pytest
 
-from conftest import add_distribution, run_cli
+from helpers import add_distribution, run_cli
 from vqabench.plugins import PluginWarning, load_plugins
 
 HOOK_RAISES = '''

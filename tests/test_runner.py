@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from vqabench.plugins import load_plugins
 from vqabench.results import iter_records, read_jsonl
 from vqabench.runner import RunOptions, plan, run
