@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 
 def add_distribution(site: Path, name: str, entry_points: dict[str, str], modules: dict[str, str] | None = None) -> None:
     """Make ``site`` hold an installed-looking distribution with ``vqabench`` entry points."""
@@ -19,3 +22,51 @@ def add_distribution(site: Path, name: str, entry_points: dict[str, str], module
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "vqabench.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+NARROW_RESNET = {"channels": (8, 16, 32, 64), "stem_width": 8}
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+QUESTION_WORDS = (
+    "what color is the how many are there objects object of left right red blue green yellow purple cyan "
+    "circle square triangle pentagon small large ? a an"
+).split()
+
+
+def save_tiny_sentence_transformer(root: Path, dim: int = 32) -> Path:
+    """A random one-layer BERT SentenceTransformer with ``dim``-d output, saved with ``.save``."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    bert = root / "bert"
+    bert.mkdir(parents=True, exist_ok=True)
+    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *QUESTION_WORDS]) + "\n")
+    BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(str(bert))
+    config = BertConfig(
+        vocab_size=5 + len(QUESTION_WORDS), hidden_size=dim, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=32, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(str(bert))
+    model = SentenceTransformer(modules=[models.Transformer(str(bert)), models.Pooling(dim)], device="cpu")
+    model.save(str(root / "sbert"))
+    return root / "sbert"
+
+
+def isolate_caches(monkeypatch: pytest.MonkeyPatch, root: Path, *, offline: bool = True) -> None:
+    """Empty HF / torch / sentence-transformers caches under ``root``; no network at all."""
+    from huggingface_hub import constants
+
+    for var in ("HF_HOME", "HF_HUB_CACHE", "TORCH_HOME", "SENTENCE_TRANSFORMERS_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(var, str(root / var.lower()))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root / "hf_hub_cache"))
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        # Online mode, but the endpoint refuses connections: the reachability probe must say so.
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
