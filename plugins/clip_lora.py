@@ -238,6 +238,7 @@ def build_clip_lora(cfg: CLIPLoRAConfig, answer_vocab: Sequence[str], *, load_we
         weights += ", frozen as pretrained (weights not loaded), LoRA" if not load_weights else ", LoRA"
     else:
         clip.requires_grad_(True)
+        weights += ", both towers trained whole, no LoRA"
     return CLIPLoRA(cfg, answer_vocab, clip, tokenizer, mean, std, weights)
 
 

