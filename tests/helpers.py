@@ -70,3 +70,27 @@ def isolate_caches(monkeypatch: pytest.MonkeyPatch, root: Path, *, offline: bool
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
         monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+
+
+MINI_CLEVR_ANSWERS = 15  # 6 colours, yes/no, counts 0-6
+
+
+def vocab(n: int) -> list[str]:
+    return [f"answer{i}" for i in range(n)]
+
+
+def make_batch(size: int, answers: int, seed: int = 0) -> "QABatch":
+    """Four questions about two images."""
+    g = torch.Generator().manual_seed(seed)
+    questions = ["what color is the circle?", "how many red objects are there?", "what color is the circle?", "is the red square left of the blue circle?"]
+    from vqabench.tasks.qa import QABatch
+
+    return QABatch(
+        ids=["q0", "q1", "q2", "q3"],
+        images=torch.rand(2, 3, size, size, generator=g),
+        image_index=torch.tensor([0, 0, 1, 1]),
+        questions=questions,
+        labels=torch.tensor([0, 1, 2, answers - 1]),
+        answerable=torch.ones(4),
+        question_types=["query_color", "count", "query_color", "left_of"],
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY_CLIP, isolate_caches
+from helpers import MINI_CLEVR_ANSWERS, make_batch, vocab, TINY_CLIP, isolate_caches
 from vqabench.config import apply_overrides
 from vqabench.registry import ModelSpec
 from vqabench.tasks import TaskData, TaskKind
@@ -17,28 +17,8 @@ from vqabench.weights import WeightsUnavailable, load_open_clip
 from vqabench_plugins import clip_lora
 from vqabench_plugins.clip_lora import CLIPLoRAConfig, add_lora, build_clip_lora
 
-MINI_CLEVR_ANSWERS = 15  # 6 colours, yes/no, counts 0-6
 # The tiny CLIP has blocks 0-1: adapt both, as blocks 10-11 are adapted in ViT-B/32.
 TINY = {"model_cfg": TINY_CLIP, "lora_blocks": (0, 1)}
-
-
-def vocab(n: int) -> list[str]:
-    return [f"answer{i}" for i in range(n)]
-
-
-def make_batch(size: int, answers: int, seed: int = 0) -> QABatch:
-    """Four questions about two images."""
-    g = torch.Generator().manual_seed(seed)
-    questions = ["what color is the circle?", "how many red objects are there?", "what color is the circle?", "is the red square left of the blue circle?"]
-    return QABatch(
-        ids=["q0", "q1", "q2", "q3"],
-        images=torch.rand(2, 3, size, size, generator=g),
-        image_index=torch.tensor([0, 0, 1, 1]),
-        questions=questions,
-        labels=torch.tensor([0, 1, 2, answers - 1]),
-        answerable=torch.ones(4),
-        question_types=["query_color", "count", "query_color", "left_of"],
-    )
 
 
 def quick() -> CLIPLoRAConfig:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import isolate_caches, save_tiny_sentence_transformer
+from helpers import MINI_CLEVR_ANSWERS, make_batch, vocab, isolate_caches, save_tiny_sentence_transformer
 from vqabench.config import apply_overrides
 from vqabench.registry import ModelSpec
 from vqabench.tasks import TaskData, TaskKind
@@ -17,27 +17,7 @@ from vqabench.weights import WeightsUnavailable
 from vqabench_plugins import resnet_sbert
 from vqabench_plugins.resnet_sbert import ResNetSBERTConfig, ResNetSBERTLayer4Config, build_resnet_sbert
 
-MINI_CLEVR_ANSWERS = 15  # 6 colours, yes/no, counts 0-6
 NARROW = {"image_encoder": "resnet18", "image_encoder_kwargs": {"channels": (8, 16, 32, 64), "stem_width": 8}}
-
-
-def vocab(n: int) -> list[str]:
-    return [f"answer{i}" for i in range(n)]
-
-
-def make_batch(size: int, answers: int, seed: int = 0) -> QABatch:
-    """Four questions about two images."""
-    g = torch.Generator().manual_seed(seed)
-    questions = ["what color is the circle?", "how many red objects are there?", "what color is the circle?", "is the red square left of the blue circle?"]
-    return QABatch(
-        ids=["q0", "q1", "q2", "q3"],
-        images=torch.rand(2, 3, size, size, generator=g),
-        image_index=torch.tensor([0, 0, 1, 1]),
-        questions=questions,
-        labels=torch.tensor([0, 1, 2, answers - 1]),
-        answerable=torch.ones(4),
-        question_types=["query_color", "count", "query_color", "left_of"],
-    )
 
 
 @pytest.fixture(scope="module")
