@@ -33,7 +33,6 @@ class TrainConfig:
     # Learning rate per parameter group name; the model names its groups.
     lrs: Mapping[str, float] = field(default_factory=lambda: {"head": 1e-3})
     precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "fp32" / "bf16"
-    compile: bool = False  # torch.compile the model (CUDA only; off where it does not help)
     best_metric: str = "vqa_accuracy"
     eval_splits: tuple[str, ...] = ("val", "test")
     augment: tuple[str, ...] = ()  # names from vqabench.augment; unsafe ones are dropped per dataset

@@ -11,7 +11,7 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -80,3 +80,21 @@ def clear(cache_dir: Path, what: str = "features") -> list[Path]:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
             removed.append(path)
     return removed
+
+
+def cache_for(model: Any, store: ImageStore, augment: list[str], cache_dir: Path | None, disabled: bool, revision: str, device: torch.device, precision: str) -> tuple[FeatureStore | None, dict[str, Any]]:
+    """The model's cached stem features when its stem is frozen and the input not augmented,
+    with a note for the result record saying what was cached or why not."""
+    stem = model.image_stem()
+    note: dict[str, Any] = {"image": None, "text": model.text_cache_info(), "off": None}
+    if stem is None:
+        note["off"] = "no frozen image stem"
+    elif disabled:
+        note["off"] = "--no-cache"
+    elif augment:
+        note["off"] = f"augmentation on ({', '.join(augment)})"
+    else:
+        features, hit = FeatureStore.build(stem, store, cache_dir, revision, device, precision)
+        note["image"] = f"{stem.name} ({'cache hit' if hit else 'computed'})"
+        return features, note
+    return None, note

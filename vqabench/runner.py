@@ -19,6 +19,7 @@ from vqabench import evaluate
 from vqabench.config import apply_overrides, config_hash, to_jsonable
 from vqabench.data import Batches, ImageStore, limit_samples
 from vqabench.engine import fit
+from vqabench.features import cache_for
 from vqabench.model import count_parameters
 from vqabench.registry import DatasetSpec, ModelRef, ModelSpec, PluginInfo, Registry
 from vqabench.results import SCHEMA_VERSION, Ledger, atomic_write_json, cell_dir, read_record, write_jsonl
@@ -166,7 +167,7 @@ def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[Plugi
     unsafe = cell.dataset.unsafe_augmentations | data.unsafe_augmentations
     used = [a for a in mcfg.train.augment if a not in unsafe]
     disabled = {a: f"changes answers on {data.dataset}" for a in mcfg.train.augment if a in unsafe}
-    features, cached = feature_cache(model, store, used, opts, data.revision, device, mcfg.train.precision)
+    features, cached = cache_for(model, store, used, opts.cache_dir, opts.no_cache, data.revision, device, mcfg.train.precision)
 
     def batches(split: str, shuffle: bool) -> Batches:
         return Batches(cell.kind, splits[split], store, mcfg.train.batch_size, shuffle, opts.seed, answer_index, features)
@@ -228,25 +229,6 @@ def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[Plugi
     }
     atomic_write_json(where / "record.json", record)
     return "done", {"record": str(where / "record.json")}
-
-
-def feature_cache(model: Any, store: ImageStore, augment: list[str], opts: RunOptions, revision: str, device: torch.device, precision: str) -> tuple[Any, dict[str, Any]]:
-    """The cached stem features when the stem is frozen and the input not augmented, and a note."""
-    from vqabench.features import FeatureStore
-
-    stem = model.image_stem()
-    note: dict[str, Any] = {"image": None, "text": model.text_cache_info(), "off": None}
-    if stem is None:
-        note["off"] = "no frozen image stem"
-    elif opts.no_cache:
-        note["off"] = "--no-cache"
-    elif augment:
-        note["off"] = f"augmentation on ({', '.join(augment)})"
-    else:
-        features, hit = FeatureStore.build(stem, store, opts.cache_dir, revision, device, precision)
-        note["image"] = f"{stem.name} ({'cache hit' if hit else 'computed'})"
-        return features, note
-    return None, note
 
 
 def _plugin(registry: Registry, infos: list[PluginInfo], what: str, name: str) -> dict[str, str]:
