@@ -55,8 +55,7 @@ def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_ste
         model = cell.model.build(mcfg, data, device).to(device)
         train, val = data.split("train"), data.split("val")
         store = ImageStore.build([s.image for s in train + val], model.image_size, opts.cache_dir, data.revision, opts.progress)
-        if device.type == "cuda":
-            store = store.to(device)
+        store = store.place(device)
         index = {a: i for i, a in enumerate(data.answer_vocab or [])}
         cfg = mcfg.train
 

@@ -160,8 +160,7 @@ def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[Plugi
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     store = ImageStore.build([s.image for v in splits.values() for s in v], model.image_size, opts.cache_dir, data.revision, opts.progress)
-    if device.type == "cuda":
-        store = store.to(device)
+    store = store.place(device)
     answer_index = {a: i for i, a in enumerate(data.answer_vocab or [])}
 
     unsafe = cell.dataset.unsafe_augmentations | data.unsafe_augmentations

@@ -9,8 +9,10 @@ weights for the leaderboard.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
+import logging
 import os
 import socket
 import threading
@@ -233,9 +235,25 @@ def load_open_clip(
         raise WeightsUnavailable(
             f"open_clip {arch}: checkpoint {checkpoint!r} is neither a pretrained tag nor a file{did_you_mean(checkpoint, tags)}"
         )
-    model = open_clip.create_model(arch, pretrained=file, **kwargs)
+    if file is None:
+        # Random init is asked for here; open_clip would log that no weights were loaded as a warning.
+        with _quiet_root_logger():
+            model = open_clip.create_model(arch, pretrained=None, **kwargs)
+    else:
+        model = open_clip.create_model(arch, pretrained=file, **kwargs)
     tokenizer = open_clip.get_tokenizer(arch, context_length=cfg["text_cfg"].get("context_length"))
     return model, tokenizer, mean, std, description
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _is_resized(arch: str, cfg: Mapping[str, Any]) -> bool:
