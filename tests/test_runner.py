@@ -15,15 +15,17 @@ from vqabench.runner import RunOptions, plan, run
 
 @pytest.fixture
 def opts(only_example, tmp_path):
-    return RunOptions(models=("all",), tasks=("example-colors",), out=tmp_path / "runs", cache_dir=tmp_path / "cache", progress=False)
+    # Captioning has its own test below: its Java scorers take seconds to start.
+    return RunOptions(models=("all",), tasks=("example-colors/vqa", "example-colors/zeroshot"), out=tmp_path / "runs", cache_dir=tmp_path / "cache", progress=False)
 
 
 def test_plan_pairs_compatible_cells_and_lists_skipped(opts):
     registry, _ = load_plugins()
-    cells, skipped = plan(registry, opts)
-    assert sorted((str(c.ref), c.kind.value) for c in cells) == [("example-bow", "vqa"), ("example-colorname", "zeroshot")]
+    cells, skipped = plan(registry, RunOptions(models=("all",), tasks=("example-colors",)))
+    assert sorted((str(c.ref), c.kind.value) for c in cells) == [("example-bow", "vqa"), ("example-colorname", "captioning"), ("example-colorname", "zeroshot")]
     assert ("example-bow x example-colors/captioning", "model supports vqa") in skipped
-    assert len(skipped) == 4
+    assert ("example-colorname x example-colors/vqa", "model supports zeroshot, captioning") in skipped
+    assert len(skipped) == 3
 
 
 def test_plan_errors_name_the_unknown_thing(opts):
@@ -41,7 +43,7 @@ def test_run_writes_records_predictions_and_ledger(opts):
     ledger = run(registry, infos, opts)
     states = {k.split("|")[0] + "|" + k.split("|")[1]: v["state"] for k, v in ledger.cells.items()}
     assert states["example-bow|example-colors/vqa"] == "done"
-    assert states["example-bow|example-colors/captioning"] == "skipped"
+    assert states["example-colorname|example-colors/vqa"] == "skipped"
     records = {r["model"]: (p, r) for p, r in iter_records(opts.out)}
     path, rec = records["example-bow"]
     assert rec["weights"] == "random init" and rec["params"]["trainable"] == rec["params"]["total"] > 0
@@ -121,3 +123,27 @@ def test_cli_unknown_dataset_is_a_clear_error(only_example):
     proc = run_cli("run", "--tasks", "example-colours", "--list")
     assert proc.returncode == 2
     assert "unknown dataset 'example-colours'; did you mean 'example-colors'?" in proc.stderr
+
+
+def test_captioning_cell_scores_with_pycocoevalcap_and_a_local_clip(only_example, tmp_path):
+    import open_clip
+    import torch
+
+    config = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "tiny-clip.json").write_text(json.dumps(config))
+    open_clip.add_model_config(str(tmp_path / "tiny-clip.json"))
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("tiny-clip").state_dict(), tmp_path / "tiny-clip.pt")
+    opts = RunOptions(models=("example-colorname",), tasks=("example-colors/captioning",), out=tmp_path / "runs", cache_dir=tmp_path / "cache",
+                      clipscore=f"{tmp_path / 'tiny-clip.json'}@{tmp_path / 'tiny-clip.pt'}", progress=False)
+    registry, infos = load_plugins()
+    ledger = run(registry, infos, opts)
+    assert [v["state"] for v in ledger.cells.values()] == ["done"], ledger.cells
+    (path, rec), = list(iter_records(opts.out))
+    test = rec["final"]["test"]
+    # Every caption names the right colour: "a red square" against "a red square" / "a red square on black".
+    assert test["bleu_1"] > 0.9 and test["cider"] > 1.0 and 0 < test["meteor"] <= 1
+    assert 0 <= test["clipscore"] <= 2.5 and "refclipscore" in test and test["clipscore_model"].startswith("tiny-clip")
+    lines = read_jsonl(path.parent / "predictions-test.jsonl")
+    assert lines[0]["caption"].startswith("a ") and lines[0]["references"]

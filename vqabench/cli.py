@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         models=tuple(m for m in args.models.split(",") if m), tasks=tuple(t for t in args.tasks.split(",") if t),
         profile=args.profile, device=args.device, seed=args.seed, out=Path(args.out), cache_dir=Path(args.cache_dir or default_cache()),
         model_overrides=overrides, data_overrides=_pairs(args.data, "--data"), limit=args.limit, force=args.force,
-        no_cache=args.no_cache, progress=not args.no_progress,
+        no_cache=args.no_cache, clipscore=args.clipscore, progress=not args.no_progress,
     )
     registry, infos = load_plugins()
     cells, skipped = plan(registry, opts)
@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="redo cells that are already done")
     r.add_argument("--list", action="store_true", help="only list the planned and skipped pairs")
     r.add_argument("--no-cache", action="store_true", help="recompute frozen encoders every step (no feature cache)")
+    r.add_argument("--clipscore", metavar="ARCH@WEIGHTS", help="score captions with this CLIP too (e.g. ViT-B-32@openai)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=cmd_run)
 

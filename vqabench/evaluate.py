@@ -68,3 +68,33 @@ def score(kind: TaskKind, records: Sequence[dict[str, Any]], *, vqa_mode: str = 
 def score_options(data: TaskData) -> dict[str, Any]:
     """The keyword arguments ``score`` needs for this data, as stored in a result record."""
     return {"vqa_mode": data.vqa_mode, "num_classes": len(data.class_names) if data.class_names else None}
+
+
+def clipscore(spec: str, samples: Sequence[Any], lines: Sequence[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+    """CLIPScore and RefCLIPScore of generated captions with the CLIP named by ``ARCH@WEIGHTS``.
+
+    ``WEIGHTS`` is an open_clip pretrained tag or a checkpoint file; ``ARCH`` may be the path of an
+    open_clip model-config JSON (a custom architecture, registered under its file name).
+    """
+    import open_clip
+    from PIL import Image
+
+    from vqabench.metrics import ClipScorer
+    from vqabench.weights import load_open_clip
+
+    arch, _, weights = spec.partition("@")
+    if not arch or not weights:
+        raise ValueError(f"--clipscore {spec!r}: expected ARCH@WEIGHTS, e.g. ViT-B-32@openai or my-clip.json@my-clip.pt")
+    if arch.endswith(".json"):
+        open_clip.add_model_config(arch)
+        arch = arch.rsplit("/", 1)[-1][: -len(".json")]
+    model, tokenizer, mean, std, description = load_open_clip(arch, pretrained=True, checkpoint=weights)
+    size = model.visual.image_size
+    preprocess = open_clip.image_transform(size if isinstance(size, int) else size[0], is_train=False, mean=mean, std=std)
+    by_id = {s.id: s for s in samples}
+    images = []
+    for line in lines:
+        with Image.open(by_id[line["id"]].image) as im:
+            images.append(im.convert("RGB"))
+    scorer = ClipScorer(model.to(device), preprocess, tokenizer, name=f"{arch} {description}")
+    return scorer.score(images, [ln["caption"] for ln in lines], [ln["references"] for ln in lines])

@@ -20,7 +20,7 @@ KIND_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "vqa": [("vqa_accuracy", "Test Acc")],
     "answerability": [("ap_unanswerable", "AP (unanswerable)"), ("auroc", "AUROC"), ("f1_unanswerable", "F1 @0.5"), ("accuracy", "Acc @0.5"), ("vqa_accuracy", "VQA Acc")],
     "zeroshot": [("top1", "Top-1"), ("top5", "Top-5"), ("mean_per_class_recall", "Mean per-class")],
-    "captioning": [("bleu_1", "BLEU-1"), ("bleu_4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr")],
+    "captioning": [("bleu_1", "BLEU-1"), ("bleu_4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr"), ("clipscore", "CLIP-S"), ("refclipscore", "RefCLIP-S")],
 }
 PRIMARY = {"vqa": "vqa_accuracy", "answerability": "ap_unanswerable", "zeroshot": "top1", "captioning": "cider"}
 
@@ -68,6 +68,8 @@ def table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     primary = PRIMARY[kind]
     epochs = _epoch_columns(records)
     qtypes = sorted({k for r in records for k in r["final"].get("test", {}) if k.startswith("acc/")})
+    # Optional metrics (CLIPScore without a scorer, top-5 under five classes) get no empty column.
+    present = [(k, t) for k, t in KIND_COLUMNS[kind] if k == primary or any(k in r["final"].get("test", {}) for r in records)]
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_model[r["model"]].append(r)
@@ -79,7 +81,7 @@ def table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         row: dict[str, Any] = {"Model": name, "Weights": rs[0]["weights"], "Trainable params": fmt_params(rs[0]["params"]["trainable"])}
         for e in epochs:
             row[f"Val Acc ({e} ep)" if kind == "vqa" else f"Val {primary} ({e} ep)"] = _mean([_val_at(r, e, primary) for r in rs])
-        for key, title in KIND_COLUMNS[kind]:
+        for key, title in present:
             row[title] = _mean([r["final"].get("test", {}).get(key) for r in rs])
         for q in qtypes:
             row[f"Acc {q[4:]}"] = _mean([r["final"].get("test", {}).get(q) for r in rs])
@@ -119,6 +121,9 @@ def render(records: Iterable[dict[str, Any]], curves: dict[tuple[str, str], str]
                 f"- Date: {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}; vqabench {', '.join(versions)}",
                 f"- Accuracy of the best-validation checkpoint on test; metric values are fractions in [0, 1].",
             ]
+            scorers = sorted({r["final"].get("test", {}).get("clipscore_model") for r in rs} - {None})
+            if scorers:
+                lines.append(f"- CLIPScore computed by: {'; '.join(scorers)}")
             disabled = sorted({f"{a} ({why})" for r in rs for a, why in r["augmentations"]["disabled"].items()})
             if disabled:
                 lines.append(f"- Augmentations switched off: {', '.join(disabled)}")

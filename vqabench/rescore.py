@@ -24,6 +24,8 @@ def rescore(runs: Path, spice: bool = False) -> Iterator[tuple[Path, bool]]:
                 raise FileNotFoundError(f"{preds} is missing: rerun the cell with vqabench run --force")
             lines = read_jsonl(preds)
             final[split] = evaluate.score(kind, lines, **opts)
+            # CLIPScore needs the images and the CLIP model of the run: kept as recorded.
+            final[split].update({k: v for k, v in record["final"][split].items() if k.startswith(("clipscore", "refclipscore"))})
             if split in record.get("baseline", {}):
                 answer = record["baseline"][split]["answer"]
                 base = evaluate.score(TaskKind.VQA, [{**ln, "answer": answer} for ln in lines], vqa_mode=opts.get("vqa_mode", "vqa"))

@@ -43,6 +43,7 @@ class RunOptions:
     limit: int | None = None
     force: bool = False
     no_cache: bool = False
+    clipscore: str | None = None  # "ARCH@TAG_OR_FILE": the CLIP that scores captions (CLIPScore)
     progress: bool = True
 
 
@@ -189,6 +190,8 @@ def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[Plugi
         infer_rate[split] = len(lines) / max(1e-9, time.perf_counter() - t1)
         write_jsonl(where / f"predictions-{split}.jsonl", lines)
         final[split] = evaluate.score(cell.kind, lines, **score_opts)
+        if cell.kind is TaskKind.CAPTIONING and opts.clipscore:
+            final[split].update(evaluate.clipscore(opts.clipscore, splits[split], lines, device))
         if cell.kind in (TaskKind.VQA, TaskKind.ANSWERABILITY):
             answer = majority_answer(splits["train"])
             base = evaluate.score(TaskKind.VQA, [{**ln, "answer": answer} for ln in lines], vqa_mode=data.vqa_mode)

@@ -131,7 +131,10 @@ class ColorNameConfig:
 
 
 class ColorName(TaskModel):
-    """Zero-shot: score each class by how close the image's brightest colour is to its name's RGB."""
+    """Zero-shot: score each class by how close the image's brightest colour is to its name's RGB.
+
+    As a captioner it names the closest colour: "a <colour> square".
+    """
 
     trains = False
     weights = "none (colour-name table)"
@@ -139,12 +142,18 @@ class ColorName(TaskModel):
     def __init__(self, cfg: ColorNameConfig, class_names: list[str]) -> None:
         super().__init__()
         self.image_size = cfg.image_size
+        self.class_names = class_names
         self.register_buffer("table", torch.tensor([COLORS.get(c, (0, 0, 0)) for c in class_names], dtype=torch.float) / 255)
 
-    def predict(self, batch):
-        pix = batch.images.flatten(2)  # [B, 3, HW]
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        pix = images.flatten(2)  # [B, 3, HW]
         bright = pix.gather(2, pix.sum(1, keepdim=True).argmax(2, keepdim=True).expand(-1, 3, 1)).squeeze(2)
-        logits = -torch.cdist(bright, self.table)
+        return -torch.cdist(bright, self.table)
+
+    def predict(self, batch):
+        logits = self._logits(batch.images)
+        if hasattr(batch, "captions"):
+            return [{"caption": f"a {self.class_names[i]} square"} for i in logits.argmax(1).tolist()]
         return [{"logits": row} for row in logits.tolist()]
 
 
@@ -156,4 +165,4 @@ def register_datasets(register):
 @hookimpl
 def register_models(register):
     register(ModelSpec("example-bow", "Example", "Example BoW", (TaskKind.VQA,), BowConfig, lambda cfg, data, device: BagOfWords(cfg, data.answer_vocab), profiles={"quick": {}, "paper": {"train.epochs": 10}}))
-    register(ModelSpec("example-colorname", "Example", "Example colour names", (TaskKind.ZEROSHOT,), ColorNameConfig, lambda cfg, data, device: ColorName(cfg, data.class_names)))
+    register(ModelSpec("example-colorname", "Example", "Example colour names", (TaskKind.ZEROSHOT, TaskKind.CAPTIONING), ColorNameConfig, lambda cfg, data, device: ColorName(cfg, data.class_names or list(COLORS))))
