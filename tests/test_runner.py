@@ -22,18 +22,19 @@ def opts(only_example, tmp_path):
 def test_plan_pairs_compatible_cells_and_lists_skipped(opts):
     registry, _ = load_plugins()
     cells, skipped = plan(registry, RunOptions(models=("all",), tasks=("example-colors",)))
-    assert sorted((str(c.ref), c.kind.value) for c in cells) == [("example-bow", "vqa"), ("example-colorname", "captioning"), ("example-colorname", "zeroshot")]
-    assert ("example-bow x example-colors/captioning", "model supports vqa") in skipped
+    assert sorted((str(c.ref), c.kind.value) for c in cells) == [
+        ("example-bow", "answerability"), ("example-bow", "vqa"), ("example-colorname", "captioning"), ("example-colorname", "zeroshot")]
+    assert ("example-bow x example-colors/captioning", "model supports vqa, answerability") in skipped
     assert ("example-colorname x example-colors/vqa", "model supports zeroshot, captioning") in skipped
-    assert len(skipped) == 3
+    assert len(skipped) == 4
 
 
 def test_plan_errors_name_the_unknown_thing(opts):
     registry, _ = load_plugins()
     with pytest.raises(KeyError, match="did you mean 'example-bow'"):
         plan(registry, RunOptions(models=("example-bw",), tasks=("example-colors",)))
-    with pytest.raises(ValueError, match="no task kind 'answerability'"):
-        plan(registry, RunOptions(models=("example-bow",), tasks=("example-colors/answerability",)))
+    with pytest.raises(ValueError, match="unknown task kind 'answerable'"):
+        plan(registry, RunOptions(models=("example-bow",), tasks=("example-colors/answerable",)))
     with pytest.raises(ValueError, match="no weights tag 'openai'"):
         plan(registry, RunOptions(models=("example-bow@openai",), tasks=("example-colors",)))
 
@@ -74,7 +75,7 @@ def test_rerun_skips_finished_cells_unless_forced_or_config_changes(opts):
 def test_failing_cell_is_recorded_and_the_run_goes_on(opts, monkeypatch):
     import vqabench_example
 
-    def broken(cfg, vocab):
+    def broken(*args):
         raise RuntimeError("cannot build")
 
     monkeypatch.setattr(vqabench_example, "BagOfWords", broken)
@@ -147,3 +148,18 @@ def test_captioning_cell_scores_with_pycocoevalcap_and_a_local_clip(only_example
     assert 0 <= test["clipscore"] <= 2.5 and "refclipscore" in test and test["clipscore_model"].startswith("tiny-clip")
     lines = read_jsonl(path.parent / "predictions-test.jsonl")
     assert lines[0]["caption"].startswith("a ") and lines[0]["references"]
+
+
+def test_answerability_cell_reports_ap_and_risk_coverage(only_example, tmp_path):
+    opts = RunOptions(models=("example-bow",), tasks=("example-colors/answerability",), out=tmp_path / "runs", cache_dir=tmp_path / "cache",
+                      model_overrides={"train.best_metric": "ap_unanswerable", "train.epochs": "12"}, progress=False)
+    registry, infos = load_plugins()
+    run(registry, infos, opts)
+    (path, rec), = list(iter_records(opts.out))
+    test = rec["final"]["test"]
+    # "what color is the circle?" is always unanswerable: the bag of words finds it.
+    assert test["ap_unanswerable"] > 0.9 and test["auroc"] > 0.9
+    assert {"f1_unanswerable", "accuracy", "vqa_accuracy", "aurc"} <= set(test)
+    assert len(test["risk_coverage"]["coverage"]) == 20
+    lines = read_jsonl(path.parent / "predictions-test.jsonl")
+    assert {"answerable", "answerable_score", "answer", "answers"} <= set(lines[0])

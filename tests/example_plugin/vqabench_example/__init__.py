@@ -65,11 +65,13 @@ def load(cfg: ExampleConfig, kind: TaskKind, cache_dir: Path) -> TaskData:
     for r in rows:
         split = "train" if r["index"] % 6 < 4 else ("val" if r["index"] % 6 == 4 else "test")
         img = str(root / "images" / f"{r['index']}.png")
-        if kind is TaskKind.VQA:
+        if kind in (TaskKind.VQA, TaskKind.ANSWERABILITY):
             splits[split].append(QASample(f"{r['index']}/color", img, "what color is the square?", (r["color"],), "color", "other"))
             for probe in ("red", "blue"):
                 ans = "yes" if r["color"] == probe else "no"
                 splits[split].append(QASample(f"{r['index']}/is-{probe}", img, f"is the square {probe}?", (ans,), "yes/no", "yes/no"))
+            if kind is TaskKind.ANSWERABILITY:  # there is never a circle
+                splits[split].append(QASample(f"{r['index']}/circle", img, "what color is the circle?", ("unanswerable",), "color", "other", answerable=False))
         elif kind is TaskKind.ZEROSHOT:
             splits[split].append(ImageSample(str(r["index"]), img, names.index(r["color"])))
         else:
@@ -89,12 +91,16 @@ class BowConfig:
 
 
 class BagOfWords(TaskModel):
-    """Pixels of a downsampled image plus hashed question words, into a small MLP."""
+    """Pixels of a downsampled image plus hashed question words, into a small MLP.
 
-    def __init__(self, cfg: BowConfig, vocab: list[str]) -> None:
+    For answerability one more output scores whether the question can be answered.
+    """
+
+    def __init__(self, cfg: BowConfig, vocab: list[str], kind: TaskKind = TaskKind.VQA) -> None:
         super().__init__()
-        self.cfg, self.vocab, self.image_size = cfg, vocab, cfg.image_size
-        self.mlp = nn.Sequential(nn.Linear(3 * cfg.pooled_size**2 + cfg.buckets, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, len(vocab)))
+        self.cfg, self.vocab, self.image_size, self.kind = cfg, vocab, cfg.image_size, kind
+        outputs = len(vocab) + (kind is TaskKind.ANSWERABILITY)
+        self.mlp = nn.Sequential(nn.Linear(3 * cfg.pooled_size**2 + cfg.buckets, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, outputs))
 
     def _pool(self, images: torch.Tensor) -> torch.Tensor:
         return nn.functional.adaptive_avg_pool2d(images, self.cfg.pooled_size).flatten(1)
@@ -116,12 +122,20 @@ class BagOfWords(TaskModel):
         return self.mlp(torch.cat([img, self._bow(batch.questions, img.device)], dim=1))
 
     def loss(self, batch) -> torch.Tensor:
-        return nn.functional.cross_entropy(self(batch), batch.labels, ignore_index=-1, label_smoothing=self.cfg.train.label_smoothing)
+        out = self(batch)
+        loss = nn.functional.cross_entropy(out[:, : len(self.vocab)], batch.labels, ignore_index=-1, label_smoothing=self.cfg.train.label_smoothing)
+        if self.kind is TaskKind.ANSWERABILITY:
+            loss = loss + nn.functional.binary_cross_entropy_with_logits(out[:, -1], batch.answerable)
+        return loss
 
     def predict(self, batch):
-        probs = self(batch).float().softmax(-1)
-        conf, idx = probs.max(-1)
-        return [{"answer": self.vocab[i], "confidence": c} for i, c in zip(idx.tolist(), conf.tolist())]
+        out = self(batch).float()
+        conf, idx = out[:, : len(self.vocab)].softmax(-1).max(-1)
+        preds = [{"answer": self.vocab[i], "confidence": c} for i, c in zip(idx.tolist(), conf.tolist())]
+        if self.kind is TaskKind.ANSWERABILITY:
+            for p, s in zip(preds, out[:, -1].sigmoid().tolist()):
+                p["answerable_score"] = s
+        return preds
 
 
 @dataclass(frozen=True)
@@ -159,10 +173,10 @@ class ColorName(TaskModel):
 
 @hookimpl
 def register_datasets(register):
-    register(DatasetSpec("example-colors", (TaskKind.VQA, TaskKind.ZEROSHOT, TaskKind.CAPTIONING), ExampleConfig, load, unsafe_augmentations=frozenset({"hue", "hflip"}), description="one coloured square per image"))
+    register(DatasetSpec("example-colors", (TaskKind.VQA, TaskKind.ANSWERABILITY, TaskKind.ZEROSHOT, TaskKind.CAPTIONING), ExampleConfig, load, unsafe_augmentations=frozenset({"hue", "hflip"}), description="one coloured square per image"))
 
 
 @hookimpl
 def register_models(register):
-    register(ModelSpec("example-bow", "Example", "Example BoW", (TaskKind.VQA,), BowConfig, lambda cfg, data, device: BagOfWords(cfg, data.answer_vocab), profiles={"quick": {}, "paper": {"train.epochs": 10}}))
+    register(ModelSpec("example-bow", "Example", "Example BoW", (TaskKind.VQA, TaskKind.ANSWERABILITY), BowConfig, lambda cfg, data, device: BagOfWords(cfg, data.answer_vocab, data.kind), profiles={"quick": {}, "paper": {"train.epochs": 10}}))
     register(ModelSpec("example-colorname", "Example", "Example colour names", (TaskKind.ZEROSHOT, TaskKind.CAPTIONING), ColorNameConfig, lambda cfg, data, device: ColorName(cfg, data.class_names or list(COLORS))))
