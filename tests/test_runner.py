@@ -163,3 +163,17 @@ def test_answerability_cell_reports_ap_and_risk_coverage(only_example, tmp_path)
     assert len(test["risk_coverage"]["coverage"]) == 20
     lines = read_jsonl(path.parent / "predictions-test.jsonl")
     assert {"answerable", "answerable_score", "answer", "answers"} <= set(lines[0])
+
+
+def test_scoped_overrides_reach_only_their_model(only_example, tmp_path):
+    from vqabench.runner import resolve
+
+    registry, _ = load_plugins()
+    opts = RunOptions(models=("example-bow", "example-colorname"), tasks=("example-colors",),
+                      model_overrides={"example-bow:hidden": "7", "train.batch_size": "5"})
+    cells, _ = plan(registry, opts)
+    configs = {(str(c.ref), c.kind.value): resolve(c, opts)[0] for c in cells}
+    assert configs[("example-bow", "vqa")].hidden == 7 and configs[("example-bow", "vqa")].train.batch_size == 5
+    assert configs[("example-colorname", "zeroshot")].train.batch_size == 5
+    with pytest.raises(ValueError, match="no planned model is called 'example-bw'"):
+        run(registry, [], RunOptions(**{**opts.__dict__, "model_overrides": {"example-bw:hidden": "7"}, "out": tmp_path}))

@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch-size", type=int)
     r.add_argument("--lr", action="append", metavar="GROUP=LR", help="learning rate of a parameter group (repeatable)")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model config field, dotted (repeatable)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model config field, dotted; NAME:KEY=VALUE for one model only (repeatable)")
     r.add_argument("--data", action="append", metavar="KEY=VALUE", help="override a dataset config field (repeatable)")
     r.add_argument("--limit", type=int, help="seeded random sample of at most N per split (marked partial)")
     r.add_argument("--force", action="store_true", help="redo cells that are already done")

@@ -21,7 +21,7 @@ from vqabench.data import Batches, ImageStore, limit_samples
 from vqabench.engine import fit
 from vqabench.features import cache_for
 from vqabench.model import count_parameters
-from vqabench.registry import DatasetSpec, ModelRef, ModelSpec, PluginInfo, Registry
+from vqabench.registry import DatasetSpec, ModelRef, ModelSpec, PluginInfo, Registry, did_you_mean
 from vqabench.results import SCHEMA_VERSION, Ledger, atomic_write_json, cell_dir, read_record, write_jsonl
 from vqabench.tasks import TaskData, TaskKind
 from vqabench.tasks.qa import majority_answer
@@ -89,7 +89,10 @@ def resolve(cell: Cell, opts: RunOptions) -> tuple[Any, Any]:
     mcfg = apply_overrides(cell.model.config_cls(), cell.model.profiles.get(opts.profile, {}), where=f"model {cell.ref} profile {opts.profile}")
     if cell.ref.tag:
         mcfg = apply_overrides(mcfg, cell.model.tags[cell.ref.tag], where=f"model {cell.ref}")
-    mcfg = apply_overrides(mcfg, opts.model_overrides, where=f"model {cell.ref} (--set)")
+    # "--set KEY=V" applies to every model, "--set NAME:KEY=V" to model NAME only.
+    mine = {k.partition(":")[2]: v for k, v in opts.model_overrides.items() if k.partition(":")[0] == cell.ref.name and ":" in k}
+    shared = {k: v for k, v in opts.model_overrides.items() if ":" not in k}
+    mcfg = apply_overrides(mcfg, {**shared, **mine}, where=f"model {cell.ref} (--set)")
     dcfg = apply_overrides(cell.dataset.config_cls(), cell.dataset.profiles.get(opts.profile, {}), where=f"dataset {cell.dataset.name} profile {opts.profile}")
     dcfg = apply_overrides(dcfg, opts.data_overrides, where=f"dataset {cell.dataset.name} (--data)")
     return mcfg, dcfg
@@ -114,6 +117,10 @@ def run(registry: Registry, infos: list[PluginInfo], opts: RunOptions) -> Ledger
     cells, skipped = plan(registry, opts)
     for cell in cells:  # a bad override fails the whole command before anything runs
         resolve(cell, opts)
+    scoped = {k.partition(":")[0] for k in opts.model_overrides if ":" in k}
+    if scoped - {c.ref.name for c in cells}:
+        name = sorted(scoped - {c.ref.name for c in cells})[0]
+        raise ValueError(f"--set {name}:...: no planned model is called {name!r}{did_you_mean(name, {c.ref.name for c in cells})}")
     ledger = Ledger(opts.out)
     for label, reason in skipped:
         ledger.set(f"{label.replace(' x ', '|')}|{opts.profile}|seed{opts.seed}", "skipped", reason=reason)
