@@ -94,3 +94,25 @@ def make_batch(size: int, answers: int, seed: int = 0) -> "QABatch":
         answerable=torch.ones(4),
         question_types=["query_color", "count", "query_color", "left_of"],
     )
+
+
+def check_gradients(model, batch) -> None:
+    """Every trainable parameter gets a non-zero gradient, every frozen one none.
+
+    One optimiser step first: zero-initialised weights (LoRA's B, timm's last BatchNorm of each
+    block) cut the gradient of what comes before them at step 0.
+    """
+    params = [p for ps in model.param_groups().values() for p in ps]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in params} == trainable and len(params) == len(trainable)
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    model.train()
+    model.loss(batch).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    model.loss(batch).backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+        else:
+            assert p.grad is None, f"frozen {name} got a gradient"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import MINI_CLEVR_ANSWERS, make_batch, vocab, TINY_CLIP, isolate_caches
+from helpers import MINI_CLEVR_ANSWERS, check_gradients, make_batch, vocab, TINY_CLIP, isolate_caches
 from vqabench.config import apply_overrides
 from vqabench.registry import ModelSpec
 from vqabench.tasks import TaskData, TaskKind
@@ -90,28 +90,6 @@ def test_paper_trainable_parameter_counts(paper_model, answers):
 
 
 # --- LoRA in the compute path ------------------------------------------------------------------
-
-
-def check_gradients(model, batch: QABatch) -> None:
-    """Every trainable parameter gets a non-zero gradient, every frozen one none.
-
-    One optimiser step first: LoRA's B starts at zero (the adapter starts as the identity), which
-    makes the gradient of A zero at step 0.
-    """
-    params = [p for ps in model.param_groups().values() for p in ps]
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    assert {id(p) for p in params} == trainable and len(params) == len(trainable)
-    opt = torch.optim.AdamW(params, lr=1e-3)
-    model.train()
-    model.loss(batch).backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    model.loss(batch).backward()
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
-        else:
-            assert p.grad is None, f"frozen {name} got a gradient"
 
 
 def test_paper_lora_matrices_of_every_target_receive_gradient(paper_model):
