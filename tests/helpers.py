@@ -116,3 +116,17 @@ def check_gradients(model, batch) -> None:
             assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
         else:
             assert p.grad is None, f"frozen {name} got a gradient"
+
+
+def train_steps(model, batch, lr: float, steps: int) -> list[float]:
+    """AdamW over the model's parameter groups on one fixed batch; the loss of every step."""
+    opt = torch.optim.AdamW([p for ps in model.param_groups().values() for p in ps], lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

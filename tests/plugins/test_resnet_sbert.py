@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import MINI_CLEVR_ANSWERS, check_gradients, make_batch, vocab, isolate_caches, save_tiny_sentence_transformer
+from helpers import MINI_CLEVR_ANSWERS, check_gradients, train_steps, make_batch, vocab, isolate_caches, save_tiny_sentence_transformer
 from vqabench.config import apply_overrides
 from vqabench.registry import ModelSpec
 from vqabench.tasks import TaskData, TaskKind
@@ -162,15 +162,7 @@ def test_a_few_steps_on_a_fixed_batch_reduce_the_loss():
     torch.manual_seed(0)
     model = build_resnet_sbert(quick(**NARROW), vocab(6))
     batch = make_batch(32, 6)
-    opt = torch.optim.AdamW([p for ps in model.param_groups().values() for p in ps], lr=3e-3)
-    model.train()
-    losses = []
-    for _ in range(15):
-        loss = model.loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(model, batch, lr=3e-3, steps=15)
     assert losses[-1] < 0.5 * losses[0]
 
 
