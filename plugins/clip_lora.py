@@ -47,6 +47,7 @@ from vqabench.model import Stem, TaskModel
 from vqabench.registry import ModelSpec
 from vqabench.tasks import TaskData, TaskKind
 from vqabench.tasks.qa import QABatch
+from vqabench.transfer import to_device
 from vqabench.weights import QUICK_FIX, load_open_clip
 
 
@@ -85,6 +86,8 @@ class CLIPLoRAConfig:
 
 class CLIPLoRA(TaskModel):
     """Classification VQA from CLIP's image and text embeddings through ``FusionHead``."""
+
+    compiled_methods = ("_front", "_back")  # the image path; see TrainConfig.compile
 
     def __init__(
         self,
@@ -167,7 +170,7 @@ class CLIPLoRA(TaskModel):
 
 
 def _embed_text(tokenizer: Callable, text: nn.Module, questions: list[str], device: torch.device) -> torch.Tensor:
-    return text(tokenizer(questions).to(device))
+    return text(to_device(tokenizer(questions), device))
 
 
 def lora_target_pattern(cfg: CLIPLoRAConfig) -> str:

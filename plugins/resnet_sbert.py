@@ -36,6 +36,7 @@ from vqabench.model import Stem, TaskModel
 from vqabench.registry import ModelSpec
 from vqabench.tasks import TaskData, TaskKind
 from vqabench.tasks.qa import QABatch
+from vqabench.transfer import to_device
 from vqabench.weights import QUICK_FIX, load_sentence_transformer, load_timm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -80,6 +81,8 @@ class ResNetSBERTLayer4Config(ResNetSBERTConfig):
 
 class ResNetSBERT(TaskModel):
     """Classification VQA from a timm ResNet and a SentenceTransformer through ``FusionHead``."""
+
+    compiled_methods = ("_front", "_back")  # the image path; see TrainConfig.compile
 
     def __init__(
         self,
@@ -169,7 +172,7 @@ def _sentence_dim(model: nn.Module) -> int:
 
 def _sbert_embed(model: nn.Module, texts: list[str], device: torch.device) -> torch.Tensor:
     features = model.preprocess(texts) if hasattr(model, "preprocess") else model.tokenize(texts)
-    features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
+    features = {k: to_device(v, device) if torch.is_tensor(v) else v for k, v in features.items()}
     return model(features)["sentence_embedding"]
 
 

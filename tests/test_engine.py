@@ -181,3 +181,57 @@ def test_load_weights_missing_tensor_names_file(tmp_path):
     save_weights(nn.Linear(2, 2), path)  # keys "weight", "bias": none of Tiny's
     with pytest.raises(RuntimeError, match=r"checkpoint .*old\.safetensors lacks 6 tensors \(e\.g\. backbone\.1\.num_batches_tracked\); delete it to retrain"):
         load_weights(Tiny(), path)
+
+
+# -- the step loop on a GPU ----------------------------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", ["resnet-sbert", "clip-lora"])
+@pytest.mark.parametrize("store_on_gpu", [True, False])
+def test_training_steps_never_make_the_host_wait_for_the_gpu(tmp_path, family, store_on_gpu):
+    """Host-device syncs per epoch do not grow with the number of steps (only the epoch's end syncs)."""
+    import warnings
+
+    from helpers import NARROW_RESNET, TINY_CLIP, save_tiny_sentence_transformer, vocab
+    from vqabench import augment
+    from vqabench.data import Batches, ImageStore
+    from vqabench.engine import train_epoch
+    from vqabench.tasks import TaskKind
+    from vqabench.tasks.qa import QASample
+    from vqabench_plugins.clip_lora import CLIPLoRAConfig, build_clip_lora
+    from vqabench_plugins.resnet_sbert import ResNetSBERTConfig, build_resnet_sbert
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    answers = vocab(4)
+    if family == "resnet-sbert":
+        sbert = save_tiny_sentence_transformer(tmp_path)
+        model = build_resnet_sbert(ResNetSBERTConfig(pretrained=False, image_encoder_kwargs=NARROW_RESNET, text_encoder=str(sbert)), answers)
+        size = 32
+    else:
+        model = build_clip_lora(CLIPLoRAConfig(model_cfg=TINY_CLIP, lora_blocks=(1,)), answers, load_weights=False)
+        size = model.image_size
+    model = model.to(device).to(memory_format=torch.channels_last)
+    paths = [f"img{i}" for i in range(24)]
+    store = ImageStore(paths, torch.randint(0, 256, (24, 3, size, size), dtype=torch.uint8))
+    store = store.to(device) if store_on_gpu else store
+    questions = ["what color is the circle?", "how many red objects are there?", "is the square left of the circle?"]
+    samples = [QASample(f"q{i}", p, q, (answers[i % 4],), "t") for i, (p, q) in enumerate((p, q) for p in paths for q in questions)]
+    batches = Batches(TaskKind.VQA, samples, store, 12, shuffle=True, answer_index={a: i for i, a in enumerate(answers)}, device=device)
+    cfg = TrainConfig(lrs={"head": 1e-3, model.encoder_group: 1e-4})
+    opt = make_optimizer(model, cfg)
+    jitter = augment.build(["color_jitter", "crop"])
+    # Warm-up: memoised question embeddings, cuDNN plans, optimiser state, pinned host blocks.
+    train_epoch(model, batches, opt, None, cfg, device, jitter)
+
+    def syncs(steps: int) -> int:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_epoch(model, batches, opt, None, cfg, device, jitter, max_steps=steps)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(2) == syncs(5)

@@ -102,6 +102,9 @@ def test_answer_loss_ignores_out_of_vocabulary_labels_and_smooths():
     loss = answer_loss(logits, labels, label_smoothing=0.05)
     expected = F.cross_entropy(logits[[0, 2]], labels[[0, 2]], label_smoothing=0.05)
     assert torch.allclose(loss, expected)
+    (got,) = torch.autograd.grad(loss, logits)
+    (want,) = torch.autograd.grad(expected, logits)
+    assert torch.allclose(got, want) and got[[1, 3]].abs().sum() == 0
     assert answer_loss(logits, labels, 0.0) != loss
 
 

@@ -13,11 +13,20 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from vqabench.transfer import to_device
+
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    return (torch.rand(n, generator=gen) * (hi - lo) + lo).to(device)
+    return to_device(torch.rand(n, generator=gen) * (hi - lo) + lo, device)
+
+
+def _generator_on(device: torch.device, gen: torch.Generator) -> torch.Generator:
+    """A generator on ``device`` seeded from ``gen``: deterministic, and no host-device copy."""
+    if device.type == "cpu":
+        return gen
+    return torch.Generator(device=device).manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -25,7 +34,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def hflip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
-    flip = (torch.rand(x.shape[0], generator=gen) < p).to(x.device)
+    flip = to_device(torch.rand(x.shape[0], generator=gen) < p, x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -46,8 +55,9 @@ def hue(x: torch.Tensor, gen: torch.Generator, max_shift: float = 0.1) -> torch.
     """Rotate hue by a random angle per image (YIQ rotation, differentiable and batched)."""
     n, dev = x.shape[0], x.device
     theta = _uniform(n, -max_shift, max_shift, gen, dev) * 2 * math.pi
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=dev)
-    from_yiq = torch.linalg.inv(to_yiq)
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    # Inverted on the host: linalg.inv on a GPU checks its result and so waits for it.
+    from_yiq, to_yiq = to_device(torch.linalg.inv(to_yiq), dev), to_device(to_yiq, dev)
     cos, sin = theta.cos(), theta.sin()
     rot = torch.zeros(n, 3, 3, device=dev)
     rot[:, 0, 0] = 1
@@ -60,8 +70,8 @@ def crop(x: torch.Tensor, gen: torch.Generator, scale: Sequence[float] = (0.6, 1
     """Random resized crop (square, area fraction in ``scale``) back to the input size."""
     n, dev = x.shape[0], x.device
     side = _uniform(n, scale[0], scale[1], gen, dev).sqrt()
-    tx = (torch.rand(n, generator=gen).to(dev) * 2 - 1) * (1 - side)
-    ty = (torch.rand(n, generator=gen).to(dev) * 2 - 1) * (1 - side)
+    tx = (to_device(torch.rand(n, generator=gen), dev) * 2 - 1) * (1 - side)
+    ty = (to_device(torch.rand(n, generator=gen), dev) * 2 - 1) * (1 - side)
     theta = torch.zeros(n, 2, 3, device=dev)
     theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = side, side, tx, ty
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -76,14 +86,15 @@ def erase(x: torch.Tensor, gen: torch.Generator, p: float = 0.3, area: Sequence[
     aspect = torch.exp(_uniform(n, math.log(0.3), math.log(3.3), gen, dev))
     eh = (frac * aspect).sqrt().clamp(max=1.0) * h
     ew = (frac / aspect).sqrt().clamp(max=1.0) * w
-    y0 = torch.rand(n, generator=gen).to(dev) * (h - eh)
-    x0 = torch.rand(n, generator=gen).to(dev) * (w - ew)
+    y0 = to_device(torch.rand(n, generator=gen), dev) * (h - eh)
+    x0 = to_device(torch.rand(n, generator=gen), dev) * (w - ew)
     ys = torch.arange(h, device=dev)[None, :, None]
     xs = torch.arange(w, device=dev)[None, None, :]
     inside = (ys >= y0[:, None, None]) & (ys < (y0 + eh)[:, None, None]) & (xs >= x0[:, None, None]) & (xs < (x0 + ew)[:, None, None])
-    apply = (torch.rand(n, generator=gen) < p).to(dev)[:, None, None]
+    apply = to_device(torch.rand(n, generator=gen) < p, dev)[:, None, None]
     mask = (inside & apply).unsqueeze(1)
-    noise = torch.rand(x.shape, generator=gen).to(dev)
+    # Image-sized noise is drawn where the images are, from a generator seeded by ``gen``.
+    noise = torch.rand(x.shape, generator=_generator_on(dev, gen), device=dev)
     return torch.where(mask, noise, x)
 
 

@@ -1,5 +1,8 @@
 """Throughput benchmark: training and inference speed, cached versus uncached epochs, data
 preparation time and peak memory, for each (model, task) cell, measured in one process.
+
+Epochs are timed without augmentation, so that cached and uncached epochs do the same work; the
+``cache`` column says when a run of the recipe augments and so cannot use the cache.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ from vqabench.config import config_hash
 from vqabench.data import Batches, ImageStore
 from vqabench.engine import make_optimizer, train_epoch
 from vqabench.features import FeatureStore
-from vqabench.model import count_parameters
+from vqabench.model import compile_methods, count_parameters
 from vqabench.registry import PluginInfo, Registry
-from vqabench.runner import RunOptions, device_name, pick_device, plan, resolve
+from vqabench.runner import RunOptions, augmentations, device_name, pick_device, plan, resolve
 
 FIELDS = [
     "model", "task", "device", "trainable_params", "train_steps", "uncached_epoch_s", "cache_build_s",
     "cached_epoch_s", "cached_speedup", "train_images_per_s", "train_samples_per_s", "cached_train_images_per_s",
-    "inference_images_per_s", "prepare_data_s", "prepare_images", "peak_memory_bytes", "memory_measured", "cache",
+    "inference_images_per_s", "prepare_data_s", "prepare_images", "peak_memory_bytes", "memory_measured", "cache", "compiled",
 ]
 
 
@@ -53,6 +56,9 @@ def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_ste
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         model = cell.model.build(mcfg, data, device).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        compiled = compile_methods(model) if mcfg.train.compile else []
         train, val = data.split("train"), data.split("val")
         store = ImageStore.build([s.image for s in train + val], model.image_size, opts.cache_dir, data.revision, opts.progress)
         store = store.place(device)
@@ -60,14 +66,17 @@ def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_ste
         cfg = mcfg.train
 
         def batches(samples: list, features: Any = None, shuffle: bool = True) -> Batches:
-            return Batches(cell.kind, samples, store, cfg.batch_size, shuffle, opts.seed, index, features)
+            return Batches(cell.kind, samples, store, cfg.batch_size, shuffle, opts.seed, index, features, device=device)
 
         row: dict[str, Any] = {"model": str(cell.ref), "task": f"{cell.dataset.name}/{cell.kind.value}", "device": device_name(device)}
         row["trainable_params"] = count_parameters(model)[0]
+        row["compiled"] = ",".join(compiled) or "no"
         opt = make_optimizer(model, cfg) if model.trains else None
         if opt is not None:
-            # Warm-up step outside the timing (allocator, lazy init, kernels).
-            train_epoch(model, batches(train), opt, None, cfg, device, max_steps=1)
+            # Warm-up outside the timing (allocator, lazy init, kernels); compiled methods also
+            # see a second batch shape there, so that their recompilation for dynamic shapes is
+            # not timed either.
+            train_epoch(model, batches(train), opt, None, cfg, device, max_steps=3 if compiled else 1)
             plain = train_epoch(model, batches(train), opt, None, cfg, device, max_steps=max_steps, progress=opts.progress, desc="uncached")
             row.update(train_steps=len(plain.losses), uncached_epoch_s=plain.seconds, train_images_per_s=plain.images / plain.seconds, train_samples_per_s=plain.samples / plain.seconds)
         stem = model.image_stem()
@@ -78,7 +87,9 @@ def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_ste
             if device.type == "cuda":
                 torch.cuda.synchronize()
             row["cache_build_s"] = time.perf_counter() - t0
-            row["cache"] = stem.name
+            used, _ = augmentations(cell, data, cfg.augment)
+            # The bench trains without augmentation; a run of an augmented recipe cannot cache.
+            row["cache"] = stem.name if not used else f"{stem.name} (not in runs: they augment with {', '.join(used)})"
             if opt is not None:
                 cached = train_epoch(model, batches(train, features), opt, None, cfg, device, max_steps=max_steps, progress=opts.progress, desc="cached")
                 row.update(cached_epoch_s=cached.seconds, cached_speedup=row["uncached_epoch_s"] / cached.seconds, cached_train_images_per_s=cached.images / cached.seconds)

@@ -33,6 +33,9 @@ class TrainConfig:
     # Learning rate per parameter group name; the model names its groups.
     lrs: Mapping[str, float] = field(default_factory=lambda: {"head": 1e-3})
     precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on CPU; or "fp32" / "bf16"
+    # torch.compile the model's per-step image path (TaskModel.compiled_methods). Off until
+    # measured to help: on CPU, torch 2.15's inductor aborts the process on the ResNet path.
+    compile: bool = False
     best_metric: str = "vqa_accuracy"
     eval_splits: tuple[str, ...] = ("val", "test")
     augment: tuple[str, ...] = ()  # names from vqabench.augment; unsafe ones are dropped per dataset

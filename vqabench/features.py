@@ -19,6 +19,7 @@ import torch
 from vqabench.data import ImageStore
 from vqabench.evaluate import autocast
 from vqabench.model import Stem
+from vqabench.transfer import rows_to, to_device
 
 # Above this many bytes in float32 the cache is kept in float16 (activation maps of ViT / ResNet).
 _FP16_ABOVE = 2 * 1024**3
@@ -32,9 +33,9 @@ class FeatureStore:
         self.row = {p: i for i, p in enumerate(self.paths)}
         self.features = features
 
-    def gather(self, paths: Sequence[str]) -> torch.Tensor:
-        rows = torch.tensor([self.row[p] for p in paths], dtype=torch.long, device=self.features.device)
-        return self.features[rows].float()
+    def gather(self, paths: Sequence[str], device: torch.device | None = None) -> torch.Tensor:
+        rows = [self.row[p] for p in paths]
+        return rows_to(self.features, rows, device or self.features.device).float()
 
     @classmethod
     @torch.no_grad()
@@ -49,7 +50,7 @@ class FeatureStore:
                 return cls(store.paths, torch.from_numpy(arr).to(device)), True
         chunks = []
         for start in range(0, len(store.paths), batch_size):
-            images = store.images[start : start + batch_size].to(device).float().div_(255)
+            images = to_device(store.images[start : start + batch_size], device).float().div_(255)
             with autocast(device, precision):
                 chunks.append(stem.encode(images).float())
         feats = torch.cat(chunks)

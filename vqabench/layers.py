@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqabench.transfer import index_tensor
+
 
 class FusionHead(nn.Module):
     """Early fusion and a 2-layer MLP classifier over the answer vocabulary.
@@ -72,11 +74,11 @@ class QuestionEncoder(nn.Module):
     def forward(self, questions: Sequence[str]) -> torch.Tensor:
         distinct = list(dict.fromkeys(questions))
         row = {q: i for i, q in enumerate(distinct)}
-        index = torch.tensor([row[q] for q in questions], dtype=torch.long)
         device = _device_of(self)
+        index = index_tensor([row[q] for q in questions], device)
         if any(p.requires_grad for p in self.encoder.parameters()):
             self._memo.clear()
-            return self.embed(self.encoder, distinct, device)[index.to(device)]
+            return self.embed(self.encoder, distinct, device)[index]
         found = {q: self._memo[q] for q in distinct if q in self._memo}
         missing = [q for q in distinct if q not in found]
         if missing:
@@ -87,7 +89,7 @@ class QuestionEncoder(nn.Module):
                 self._memo.clear()
             self._memo.update(new)
         table = torch.stack([found[q].to(device) for q in distinct])
-        return table[index.to(device)]
+        return table[index]
 
     def _apply(self, fn: Any, recurse: bool = True) -> "QuestionEncoder":
         # Moving or casting the module invalidates memoised rows held on the old device or dtype.
@@ -110,11 +112,13 @@ class Normalize(nn.Module):
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy with label smoothing; label -1 (answer out of the vocabulary) is ignored.
 
-    A batch whose labels are all -1 gives a zero loss that still backpropagates (no NaN).
+    A batch whose labels are all -1 gives a zero loss that still backpropagates (no NaN). The
+    mean over valid labels is taken by masking, not by asking whether any is valid: that
+    question would make the host wait for the GPU every step.
     """
-    if not bool((labels >= 0).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels, ignore_index=-1, label_smoothing=label_smoothing)
+    valid = labels >= 0
+    per_sample = F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none", label_smoothing=label_smoothing)
+    return (per_sample * valid).sum() / valid.sum().clamp(min=1)
 
 
 def predict_answers(logits: torch.Tensor, vocab: Sequence[str]) -> list[dict[str, Any]]:

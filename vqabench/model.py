@@ -34,6 +34,9 @@ class TaskModel(nn.Module):
     image_size: int = 224
     trains: bool = True  # False for zero-shot models: evaluated without training
     weights: str = "random init"  # which weights were loaded, shown on the leaderboard
+    # Methods run on tensors alone, with shapes that vary only in the batch dimension: what
+    # ``train.compile`` hands to torch.compile (never ``loss``: batches carry strings).
+    compiled_methods: tuple[str, ...] = ()
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by group name; the recipe's ``lrs`` gives each group's rate."""
@@ -61,3 +64,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def compile_methods(model: TaskModel) -> list[str]:
+    """Replace each of ``model.compiled_methods`` by its torch.compile'd version; their names.
+
+    Compiled per method rather than per module, so parameter names and checkpoints are those
+    of the eager model.
+    """
+    for name in model.compiled_methods:
+        setattr(model, name, torch.compile(getattr(model, name)))
+    return list(model.compiled_methods)

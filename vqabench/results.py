@@ -37,6 +37,7 @@ RECORD_FIELDS = {
     "partial": "true when --limit sampled the data; then 'limit' and 'sample_ids' say how",
     "augmentations": "{'used': [...], 'disabled': {name: reason}}",
     "cached": "{'image': cached stem or null, 'text': memoised text encoder or null, 'off': why the image cache was off}",
+    "compiled": "methods run through torch.compile (train.compile), [] when eager",
     "params": "{'trainable': int, 'total': int}",
     "history": "per epoch: train_loss, seconds, lr per group, val metrics",
     "step_losses": "training loss of every step",

@@ -9,7 +9,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -20,7 +20,7 @@ from vqabench.config import apply_overrides, config_hash, to_jsonable
 from vqabench.data import Batches, ImageStore, limit_samples
 from vqabench.engine import fit
 from vqabench.features import cache_for
-from vqabench.model import count_parameters
+from vqabench.model import compile_methods, count_parameters
 from vqabench.registry import DatasetSpec, ModelRef, ModelSpec, PluginInfo, Registry, did_you_mean
 from vqabench.results import SCHEMA_VERSION, Ledger, atomic_write_json, cell_dir, read_record, write_jsonl
 from vqabench.tasks import TaskData, TaskKind
@@ -82,6 +82,12 @@ def plan(registry: Registry, opts: RunOptions) -> tuple[list[Cell], list[tuple[s
                 else:
                     cells.append(Cell(ref, spec, ds, kind))
     return cells, skipped
+
+
+def augmentations(cell: Cell, data: TaskData, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The recipe's augmentations this dataset allows, and the dropped ones with the reason."""
+    unsafe = cell.dataset.unsafe_augmentations | data.unsafe_augmentations
+    return [a for a in names if a not in unsafe], {a: f"changes answers on {data.dataset}" for a in names if a in unsafe}
 
 
 def resolve(cell: Cell, opts: RunOptions) -> tuple[Any, Any]:
@@ -167,17 +173,16 @@ def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[Plugi
     model = cell.model.build(mcfg, data, device).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    compiled = compile_methods(model) if mcfg.train.compile else []
     store = ImageStore.build([s.image for v in splits.values() for s in v], model.image_size, opts.cache_dir, data.revision, opts.progress)
     store = store.place(device)
     answer_index = {a: i for i, a in enumerate(data.answer_vocab or [])}
 
-    unsafe = cell.dataset.unsafe_augmentations | data.unsafe_augmentations
-    used = [a for a in mcfg.train.augment if a not in unsafe]
-    disabled = {a: f"changes answers on {data.dataset}" for a in mcfg.train.augment if a in unsafe}
+    used, disabled = augmentations(cell, data, mcfg.train.augment)
     features, cached = cache_for(model, store, used, opts.cache_dir, opts.no_cache, data.revision, device, mcfg.train.precision)
 
     def batches(split: str, shuffle: bool) -> Batches:
-        return Batches(cell.kind, splits[split], store, mcfg.train.batch_size, shuffle, opts.seed, answer_index, features)
+        return Batches(cell.kind, splits[split], store, mcfg.train.batch_size, shuffle, opts.seed, answer_index, features, device=device)
 
     score_opts = evaluate.score_options(data)
 
@@ -217,6 +222,7 @@ def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[Plugi
         "sample_ids": {s: [x.id for x in v] for s, v in splits.items()} if opts.limit is not None else None,
         "augmentations": {"used": used, "disabled": disabled},
         "cached": cached,
+        "compiled": compiled,
         "params": {"trainable": trainable, "total": n_total},
         "history": result.history if result else [], "step_losses": result.step_losses if result else [],
         "best_epoch": result.best_epoch if result else None, "resumed_from_epoch": result.resumed_from if result else 0,
