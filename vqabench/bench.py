@@ -20,9 +20,9 @@ from vqabench.config import config_hash
 from vqabench.data import Batches, ImageStore
 from vqabench.engine import make_optimizer, train_epoch
 from vqabench.features import FeatureStore
-from vqabench.model import compile_methods, count_parameters
+from vqabench.model import count_parameters
 from vqabench.registry import PluginInfo, Registry
-from vqabench.runner import RunOptions, augmentations, device_name, pick_device, plan, resolve
+from vqabench.runner import RunOptions, augmentations, build_model, device_name, pick_device, plan, resolve
 
 FIELDS = [
     "model", "task", "device", "trainable_params", "train_steps", "uncached_epoch_s", "cache_build_s",
@@ -52,13 +52,7 @@ def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_ste
                 fresh = cell.dataset.load(dcfg, cell.kind, Path(tmp))
                 prepared[dkey] = (time.perf_counter() - t0, len({s.image for v in fresh.splits.values() for s in v}))
         data = cell.dataset.load(dcfg, cell.kind, opts.cache_dir)
-        torch.manual_seed(opts.seed)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        model = cell.model.build(mcfg, data, device).to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        compiled = compile_methods(model) if mcfg.train.compile else []
+        model, compiled = build_model(cell, mcfg, data, device, opts.seed)
         train, val = data.split("train"), data.split("val")
         store = ImageStore.build([s.image for s in train + val], model.image_size, opts.cache_dir, data.revision, opts.progress)
         store = store.place(device)

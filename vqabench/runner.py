@@ -90,6 +90,18 @@ def augmentations(cell: Cell, data: TaskData, names: Sequence[str]) -> tuple[lis
     return [a for a in names if a not in unsafe], {a: f"changes answers on {data.dataset}" for a in names if a in unsafe}
 
 
+def build_model(cell: Cell, mcfg: Any, data: TaskData, device: torch.device, seed: int) -> tuple[Any, list[str]]:
+    """The cell's model, seeded, on ``device`` (channels-last on a GPU, peak memory counted from
+    here), with the methods ``train.compile`` asks for compiled; returns (model, their names)."""
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model = cell.model.build(mcfg, data, device).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, compile_methods(model) if mcfg.train.compile else []
+
+
 def resolve(cell: Cell, opts: RunOptions) -> tuple[Any, Any]:
     """The model and dataset configs: defaults, then profile, weights tag and user overrides."""
     mcfg = apply_overrides(cell.model.config_cls(), cell.model.profiles.get(opts.profile, {}), where=f"model {cell.ref} profile {opts.profile}")
@@ -167,13 +179,7 @@ def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[Plugi
 
     # Model, images and augmentations.
     device = pick_device(opts.device)
-    torch.manual_seed(opts.seed)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    model = cell.model.build(mcfg, data, device).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    compiled = compile_methods(model) if mcfg.train.compile else []
+    model, compiled = build_model(cell, mcfg, data, device, opts.seed)
     store = ImageStore.build([s.image for v in splits.values() for s in v], model.image_size, opts.cache_dir, data.revision, opts.progress)
     store = store.place(device)
     answer_index = {a: i for i, a in enumerate(data.answer_vocab or [])}
