@@ -16,3 +16,14 @@ def test_bench_prints_and_writes_every_field(only_example, tmp_path):
         assert isinstance(row[key], float) and row[key] > 0, key
     assert row["prepare_images"] == 48 and row["train_steps"] >= 1 and row["cache"] == "avg-pool 8px"
     assert "cached_speedup" in proc.stdout and "example-bow / example-colors/vqa" in proc.stdout
+
+
+def test_bench_says_when_runs_of_the_recipe_cannot_use_the_cache(only_example, tmp_path):
+    """example-bow's recipe augments with color_jitter (hflip is unsafe on example-colors and dropped)."""
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "--models", "example-bow", "--tasks", "example-colors/vqa", "--cache-dir", str(tmp_path / "cache"),
+                   "--max-steps", "1", "--json", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["cache"] == "avg-pool 8px (not in runs: they augment with color_jitter)"
+    assert row["compiled"] == "no" and row["cached_speedup"] > 0

@@ -187,6 +187,16 @@ def vqa_batches(tmp_path, per_image=(3, 1, 4, 2, 2, 5), batch_size=6, **kw):
     return Batches(TaskKind.VQA, samples, store, batch_size, answer_index=index, **kw), samples, store
 
 
+def test_batches_built_on_a_device_equal_the_plain_ones(tmp_path):
+    plain, _, store = vqa_batches(tmp_path)
+    placed = Batches(TaskKind.VQA, plain.samples, store, plain.batch_size, answer_index=plain.answer_index, device=torch.device("cpu"))
+    for a, b in zip(plain, placed, strict=True):
+        assert a.ids == b.ids and a.questions == b.questions
+        for name in ("images", "image_index", "labels", "answerable"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert x.dtype == y.dtype and torch.equal(x, y), name
+
+
 def test_vqa_batch_images_one_row_per_distinct_image(tmp_path):
     batches, samples, store = vqa_batches(tmp_path)
     by_id = {s.id: s for s in samples}

@@ -51,6 +51,7 @@ def test_run_writes_records_predictions_and_ledger(opts):
     assert [h["epoch"] for h in rec["history"]] == list(range(1, 7))
     assert rec["final"]["test"]["vqa_accuracy"] > rec["baseline"]["test"]["vqa_accuracy"]  # it learns
     assert rec["augmentations"] == {"used": ["color_jitter"], "disabled": {"hflip": "changes answers on example-colors"}}
+    assert rec["compiled"] == []  # train.compile is off by default
     assert rec["versions"]["model_plugin"] == {"plugin": "example", "distribution": "vqabench-example", "version": "0.1.0"}
     lines = read_jsonl(path.parent / "predictions-test.jsonl")
     assert len(lines) == 24 and {"id", "answer", "answers", "question_type", "confidence"} <= set(lines[0])
