@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -122,7 +123,7 @@ class CLIPLoRA(TaskModel):
         encoders = trainable(self.visual.parameters()) + trainable(self.question_encoder.parameters())
         return {"head": list(self.head.parameters()), self.encoder_group: encoders}
 
-    def train(self, mode: bool = True) -> "CLIPLoRA":
+    def train(self, mode: bool = True) -> CLIPLoRA:
         super().train(mode)
         keep_frozen_in_eval(self)
         return self
@@ -193,7 +194,9 @@ def add_lora(clip: nn.Module, cfg: CLIPLoRAConfig) -> list[str]:
     for tower, transformer in towers.items():
         layers = len(transformer.resblocks)
         if not all(0 <= b < layers for b in cfg.lora_blocks):
-            raise ValueError(f"clip-lora: lora_blocks={cfg.lora_blocks}, but the {tower} tower has blocks 0-{layers - 1}")
+            raise ValueError(
+                f"clip-lora: lora_blocks={cfg.lora_blocks}, but the {tower} tower has blocks 0-{layers - 1}"
+            )
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

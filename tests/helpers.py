@@ -10,7 +10,9 @@ import pytest
 import torch
 
 
-def add_distribution(site: Path, name: str, entry_points: dict[str, str], modules: dict[str, str] | None = None) -> None:
+def add_distribution(
+    site: Path, name: str, entry_points: dict[str, str], modules: dict[str, str] | None = None
+) -> None:
     """Make ``site`` hold an installed-looking distribution with ``vqabench`` entry points."""
     dist = site / f"{name.replace('-', '_')}-0.1.0.dist-info"
     dist.mkdir(parents=True, exist_ok=True)
@@ -21,7 +23,9 @@ def add_distribution(site: Path, name: str, entry_points: dict[str, str], module
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vqabench.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "vqabench.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 NARROW_RESNET = {"channels": (8, 16, 32, 64), "stem_width": 8}
@@ -46,8 +50,12 @@ def save_tiny_sentence_transformer(root: Path, dim: int = 32) -> Path:
     (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *QUESTION_WORDS]) + "\n")
     BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(str(bert))
     config = BertConfig(
-        vocab_size=5 + len(QUESTION_WORDS), hidden_size=dim, num_hidden_layers=1, num_attention_heads=4,
-        intermediate_size=32, max_position_embeddings=64,
+        vocab_size=5 + len(QUESTION_WORDS),
+        hidden_size=dim,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=32,
+        max_position_embeddings=64,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(str(bert))
@@ -79,10 +87,15 @@ def vocab(n: int) -> list[str]:
     return [f"answer{i}" for i in range(n)]
 
 
-def make_batch(size: int, answers: int, seed: int = 0) -> "QABatch":
+def make_batch(size: int, answers: int, seed: int = 0) -> QABatch:
     """Four questions about two images."""
     g = torch.Generator().manual_seed(seed)
-    questions = ["what color is the circle?", "how many red objects are there?", "what color is the circle?", "is the red square left of the blue circle?"]
+    questions = [
+        "what color is the circle?",
+        "how many red objects are there?",
+        "what color is the circle?",
+        "is the red square left of the blue circle?",
+    ]
     from vqabench.tasks.qa import QABatch
 
     return QABatch(

@@ -4,22 +4,41 @@ from helpers import run_cli
 
 
 def _run_example(tmp_path):
-    proc = run_cli("run", "--models", "example-bow", "--tasks", "example-colors/vqa", "--out", str(tmp_path / "runs"),
-                   "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--leaderboards", str(tmp_path / "lb"))
+    proc = run_cli(
+        "run",
+        "--models",
+        "example-bow",
+        "--tasks",
+        "example-colors/vqa",
+        "--out",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+        "--leaderboards",
+        str(tmp_path / "lb"),
+    )
     assert proc.returncode == 0, proc.stderr
     return tmp_path / "runs"
 
 
 def test_run_then_check_passes_and_fails_on_a_regressed_threshold(only_example, tmp_path):
     runs = _run_example(tmp_path)
-    assert (tmp_path / "lb" / "example-colors.md").exists() and (tmp_path / "lb" / "example-colors-vqa-quick.png").exists()
+    assert (tmp_path / "lb" / "example-colors.md").exists() and (
+        tmp_path / "lb" / "example-colors-vqa-quick.png"
+    ).exists()
     good = tmp_path / "good.toml"
-    good.write_text('[[check]]\ndataset = "example-colors"\nkind = "vqa"\nmodel = "example-bow"\nmetric = "test.vqa_accuracy"\nmin = 0.1\n')
+    good.write_text(
+        '[[check]]\ndataset = "example-colors"\nkind = "vqa"\nmodel = "example-bow"\nmetric = "test.vqa_accuracy"\nmin = 0.1\n'
+    )
     proc = run_cli("check", "--thresholds", str(good), str(runs))
     assert proc.returncode == 0, proc.stdout
     assert "1 passed, 0 failed" in proc.stdout
     bad = tmp_path / "bad.toml"
-    bad.write_text(good.read_text().replace("min = 0.1", "min = 1.01") + '\n[[check]]\ndataset = "example-colors"\nkind = "vqa"\nmodel = "nobody"\nmetric = "test.vqa_accuracy"\nmin = 0\n')
+    bad.write_text(
+        good.read_text().replace("min = 0.1", "min = 1.01")
+        + '\n[[check]]\ndataset = "example-colors"\nkind = "vqa"\nmodel = "nobody"\nmetric = "test.vqa_accuracy"\nmin = 0\n'
+    )
     proc = run_cli("check", "--thresholds", str(bad), str(runs))
     assert proc.returncode == 1
     assert "FAIL" in proc.stdout and "MISSING" in proc.stdout and "0 passed, 2 failed" in proc.stdout
@@ -46,6 +65,16 @@ def test_check_reports_a_bad_thresholds_file(tmp_path):
 
 
 def test_bad_override_names_the_field(only_example, tmp_path):
-    proc = run_cli("run", "--models", "example-bow", "--tasks", "example-colors/vqa", "--out", str(tmp_path), "--set", "train.epoch=3")
+    proc = run_cli(
+        "run",
+        "--models",
+        "example-bow",
+        "--tasks",
+        "example-colors/vqa",
+        "--out",
+        str(tmp_path),
+        "--set",
+        "train.epoch=3",
+    )
     assert proc.returncode == 2
     assert "unknown field 'epoch'" in proc.stderr and "did you mean 'epochs'" in proc.stderr

@@ -2,7 +2,6 @@ import dataclasses
 import enum
 import json
 from dataclasses import dataclass, field
-from typing import Optional
 
 import pytest
 
@@ -29,7 +28,7 @@ class ModelCfg:
     dropout: float = 0.1
     tags: tuple[str, ...] = ()
     sizes: tuple[int, ...] = (1, 2)
-    head: Optional[int] = 7
+    head: int | None = 7
     root: str | None = "/data"
     workers: int | None = None
     colour: Colour = Colour.RED

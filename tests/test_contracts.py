@@ -18,8 +18,18 @@ from vqabench.tasks.captioning import CaptionSample
 from vqabench.tasks.qa import QASample
 from vqabench.tasks.zeroshot import ImageSample
 
-SAMPLE_TYPES = {TaskKind.VQA: QASample, TaskKind.ANSWERABILITY: QASample, TaskKind.ZEROSHOT: ImageSample, TaskKind.CAPTIONING: CaptionSample}
-PREDICTION_FIELDS = {TaskKind.VQA: {"answer"}, TaskKind.ANSWERABILITY: {"answerable_score"}, TaskKind.ZEROSHOT: {"logits"}, TaskKind.CAPTIONING: {"caption"}}
+SAMPLE_TYPES = {
+    TaskKind.VQA: QASample,
+    TaskKind.ANSWERABILITY: QASample,
+    TaskKind.ZEROSHOT: ImageSample,
+    TaskKind.CAPTIONING: CaptionSample,
+}
+PREDICTION_FIELDS = {
+    TaskKind.VQA: {"answer"},
+    TaskKind.ANSWERABILITY: {"answerable_score"},
+    TaskKind.ZEROSHOT: {"logits"},
+    TaskKind.CAPTIONING: {"caption"},
+}
 # Small dataset options per dataset, so each contract test generates in a second or two.
 TINY_DATA = {"mini-clevr": {"images": 24, "image_size": 48, "zeroshot_per_class": 10}, "example-colors": {}}
 
@@ -69,7 +79,11 @@ def test_dataset_contract(registry, name, tmp_path):
         if kind in (TaskKind.VQA, TaskKind.ANSWERABILITY):
             assert data.answer_vocab and len(set(data.answer_vocab)) == len(data.answer_vocab)
         if kind is TaskKind.ZEROSHOT:
-            assert data.class_names and data.templates and all(0 <= s.label < len(data.class_names) for s in data.split("test"))
+            assert (
+                data.class_names
+                and data.templates
+                and all(0 <= s.label < len(data.class_names) for s in data.split("test"))
+            )
 
 
 def _four_samples(kind: TaskKind, root) -> TaskData:
@@ -81,14 +95,31 @@ def _four_samples(kind: TaskKind, root) -> TaskData:
         paths.append(str(path))
     vocab = ["red", "blue", "yes", "no"]
     if kind in (TaskKind.VQA, TaskKind.ANSWERABILITY):
-        samples = [QASample(f"q{i}", paths[i % 2], q, (a,), t, answerable=i != 3) for i, (q, a, t) in enumerate(
-            [("what color is it?", "red", "color"), ("what color is it?", "blue", "color"), ("is it red?", "yes", "yes/no"), ("is it red?", "no", "yes/no")])]
+        samples = [
+            QASample(f"q{i}", paths[i % 2], q, (a,), t, answerable=i != 3)
+            for i, (q, a, t) in enumerate(
+                [
+                    ("what color is it?", "red", "color"),
+                    ("what color is it?", "blue", "color"),
+                    ("is it red?", "yes", "yes/no"),
+                    ("is it red?", "no", "yes/no"),
+                ]
+            )
+        ]
     elif kind is TaskKind.ZEROSHOT:
         samples = [ImageSample(f"z{i}", paths[i % 2], i % 2) for i in range(4)]
     else:
         samples = [CaptionSample(f"c{i}", paths[i % 2], ("a red square", "a square")) for i in range(4)]
-    return TaskData("contract", kind, root, {"train": samples, "val": samples, "test": samples}, "rev0",
-                    answer_vocab=vocab, class_names=["red", "blue"], templates=["a {} image"])
+    return TaskData(
+        "contract",
+        kind,
+        root,
+        {"train": samples, "val": samples, "test": samples},
+        "rev0",
+        answer_vocab=vocab,
+        class_names=["red", "blue"],
+        templates=["a {} image"],
+    )
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY.models))

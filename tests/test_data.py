@@ -31,7 +31,9 @@ def qa_samples(paths, per_image, answers=("yes", "no", "two", "blue")):
     for path, k in zip(paths, per_image):
         for _ in range(k):
             n = len(out)
-            out.append(QASample(f"q{n}", path, f"question {n}?", (answers[n % len(answers)],), question_type="ab"[n % 2]))
+            out.append(
+                QASample(f"q{n}", path, f"question {n}?", (answers[n % len(answers)],), question_type="ab"[n % 2])
+            )
     return out
 
 
@@ -132,6 +134,7 @@ def test_gather_returns_floats_in_order(store_and_paths):
 
 # -- limit_samples ----------------------------------------------------------------------------------
 
+
 def typed(counts):
     """Samples with question types by count, e.g. {"a": 60, "b": 30, "c": 10}."""
     out = []
@@ -179,6 +182,7 @@ def test_limit_without_question_types():
 
 # -- Batches ----------------------------------------------------------------------------------------
 
+
 def vqa_batches(tmp_path, per_image=(3, 1, 4, 2, 2, 5), batch_size=6, **kw):
     paths = write_pngs(tmp_path, len(per_image))
     store = ImageStore.build(paths, 8, None, "r0")
@@ -189,7 +193,14 @@ def vqa_batches(tmp_path, per_image=(3, 1, 4, 2, 2, 5), batch_size=6, **kw):
 
 def test_batches_built_on_a_device_equal_the_plain_ones(tmp_path):
     plain, _, store = vqa_batches(tmp_path)
-    placed = Batches(TaskKind.VQA, plain.samples, store, plain.batch_size, answer_index=plain.answer_index, device=torch.device("cpu"))
+    placed = Batches(
+        TaskKind.VQA,
+        plain.samples,
+        store,
+        plain.batch_size,
+        answer_index=plain.answer_index,
+        device=torch.device("cpu"),
+    )
     for a, b in zip(plain, placed, strict=True):
         assert a.ids == b.ids and a.questions == b.questions
         for name in ("images", "image_index", "labels", "answerable"):
@@ -331,7 +342,9 @@ def test_zeroshot_shuffle_is_seeded(tmp_path):
 def test_captioning_batches(tmp_path):
     paths = write_pngs(tmp_path, 3)
     store = ImageStore.build(paths, 8, None, "r0")
-    samples = [CaptionSample(f"c{k}", paths[k], (f"cap {k}", "other"), domain="target" if k else "source") for k in range(3)]
+    samples = [
+        CaptionSample(f"c{k}", paths[k], (f"cap {k}", "other"), domain="target" if k else "source") for k in range(3)
+    ]
     got = list(Batches(TaskKind.CAPTIONING, samples, store, 2))
     assert all(isinstance(b, CaptionBatch) for b in got)
     assert [b.ids for b in got] == [["c0", "c1"], ["c2"]]
@@ -360,4 +373,3 @@ def test_len_before_iterating_is_the_epoch_batch_count(tmp_path):
     for _epoch in range(3):
         expected = len(batches)
         assert sum(1 for _ in batches) == expected
-

@@ -35,6 +35,7 @@ def cfg(**lrs):
 
 # -- warmup_cosine ----------------------------------------------------------------------------------
 
+
 def test_warmup_cosine_values():
     f = warmup_cosine(total_steps=110, warmup_steps=10)
     assert f(0) == pytest.approx(0.1)
@@ -57,7 +58,13 @@ def test_warmup_cosine_is_monotone():
 
 def test_warmup_cosine_without_warmup():
     f = warmup_cosine(total_steps=4, warmup_steps=0)
-    assert [round(f(s), 6) for s in range(5)] == [1.0, round(0.5 * (1 + math.cos(math.pi / 4)), 6), 0.5, round(0.5 * (1 + math.cos(3 * math.pi / 4)), 6), 0.0]
+    assert [round(f(s), 6) for s in range(5)] == [
+        1.0,
+        round(0.5 * (1 + math.cos(math.pi / 4)), 6),
+        0.5,
+        round(0.5 * (1 + math.cos(3 * math.pi / 4)), 6),
+        0.0,
+    ]
 
 
 def test_warmup_cosine_warmup_longer_than_training():
@@ -80,11 +87,15 @@ def test_warmup_cosine_drives_lambda_lr():
 
 # -- make_optimizer ---------------------------------------------------------------------------------
 
+
 def test_make_optimizer_groups_use_recipe_lrs():
     model = Tiny()
     opt = make_optimizer(model, cfg(head=1e-3, proj=5e-4, unused=1.0))
     assert isinstance(opt, torch.optim.AdamW)
-    assert [(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups] == [("head", 1e-3, 0.05), ("proj", 5e-4, 0.05)]
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups] == [
+        ("head", 1e-3, 0.05),
+        ("proj", 5e-4, 0.05),
+    ]
     head, proj = opt.param_groups
     assert [id(p) for p in head["params"]] == [id(model.head.weight), id(model.head.bias)]
     assert [id(p) for p in proj["params"]] == [id(model.proj.weight)]  # the frozen bias is left out
@@ -96,7 +107,10 @@ def test_make_optimizer_frozen_group_needs_no_lr():
 
 
 def test_make_optimizer_missing_lr_names_group_and_flag():
-    with pytest.raises(ValueError, match=r"parameter group 'proj' of Tiny has no learning rate; set one with --lr proj=VALUE \(recipe has: head\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"parameter group 'proj' of Tiny has no learning rate; set one with --lr proj=VALUE \(recipe has: head\)",
+    ):
         make_optimizer(Tiny(), cfg(head=1e-3))
 
 
@@ -123,6 +137,7 @@ def test_make_optimizer_default_recipe_trains_a_head_only_model():
 
 # -- save_weights / load_weights --------------------------------------------------------------------
 
+
 def perturb(model):
     with torch.no_grad():
         for p in model.parameters():
@@ -140,8 +155,12 @@ def test_save_weights_stores_trainable_parameters_and_buffers_only(tmp_path):
     path = tmp_path / "w.safetensors"
     save_weights(model, path)
     assert sorted(load_file(str(path))) == [
-        "backbone.1.num_batches_tracked", "backbone.1.running_mean", "backbone.1.running_var",
-        "head.bias", "head.weight", "proj.weight",
+        "backbone.1.num_batches_tracked",
+        "backbone.1.running_mean",
+        "backbone.1.running_var",
+        "head.bias",
+        "head.weight",
+        "proj.weight",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
 
@@ -155,10 +174,21 @@ def test_weights_round_trip(tmp_path):
     path = tmp_path / "w.safetensors"
     save_weights(model, path)
     perturb(model)
-    frozen_after = {k: v.clone() for k, v in model.state_dict().items() if k in ("backbone.0.weight", "backbone.0.bias", "proj.bias")}
+    frozen_after = {
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if k in ("backbone.0.weight", "backbone.0.bias", "proj.bias")
+    }
     load_weights(model, path)
     state = model.state_dict()
-    for key in ["head.weight", "head.bias", "proj.weight", "backbone.1.running_mean", "backbone.1.running_var", "backbone.1.num_batches_tracked"]:
+    for key in [
+        "head.weight",
+        "head.bias",
+        "proj.weight",
+        "backbone.1.running_mean",
+        "backbone.1.running_var",
+        "backbone.1.num_batches_tracked",
+    ]:
         assert torch.equal(state[key], saved[key]), key
     for key, value in frozen_after.items():  # frozen parameters are not in the file: left as they are
         assert torch.equal(state[key], value), key
@@ -179,11 +209,15 @@ def test_load_weights_into_fresh_model(tmp_path):
 def test_load_weights_missing_tensor_names_file(tmp_path):
     path = tmp_path / "old.safetensors"
     save_weights(nn.Linear(2, 2), path)  # keys "weight", "bias": none of Tiny's
-    with pytest.raises(RuntimeError, match=r"checkpoint .*old\.safetensors lacks 6 tensors \(e\.g\. backbone\.1\.num_batches_tracked\); delete it to retrain"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"checkpoint .*old\.safetensors lacks 6 tensors \(e\.g\. backbone\.1\.num_batches_tracked\); delete it to retrain",
+    ):
         load_weights(Tiny(), path)
 
 
 # -- the step loop on a GPU ----------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("family", ["resnet-sbert", "clip-lora"])
@@ -193,20 +227,23 @@ def test_training_steps_never_make_the_host_wait_for_the_gpu(tmp_path, family, s
     import warnings
 
     from helpers import NARROW_RESNET, TINY_CLIP, save_tiny_sentence_transformer, vocab
+    from vqabench_plugins.clip_lora import CLIPLoRAConfig, build_clip_lora
+    from vqabench_plugins.resnet_sbert import ResNetSBERTConfig, build_resnet_sbert
+
     from vqabench import augment
     from vqabench.data import Batches, ImageStore
     from vqabench.engine import train_epoch
     from vqabench.tasks import TaskKind
     from vqabench.tasks.qa import QASample
-    from vqabench_plugins.clip_lora import CLIPLoRAConfig, build_clip_lora
-    from vqabench_plugins.resnet_sbert import ResNetSBERTConfig, build_resnet_sbert
 
     device = torch.device("cuda")
     torch.manual_seed(0)
     answers = vocab(4)
     if family == "resnet-sbert":
         sbert = save_tiny_sentence_transformer(tmp_path)
-        model = build_resnet_sbert(ResNetSBERTConfig(pretrained=False, image_encoder_kwargs=NARROW_RESNET, text_encoder=str(sbert)), answers)
+        model = build_resnet_sbert(
+            ResNetSBERTConfig(pretrained=False, image_encoder_kwargs=NARROW_RESNET, text_encoder=str(sbert)), answers
+        )
         size = 32
     else:
         model = build_clip_lora(CLIPLoRAConfig(model_cfg=TINY_CLIP, lora_blocks=(1,)), answers, load_weights=False)
@@ -216,8 +253,19 @@ def test_training_steps_never_make_the_host_wait_for_the_gpu(tmp_path, family, s
     store = ImageStore(paths, torch.randint(0, 256, (24, 3, size, size), dtype=torch.uint8))
     store = store.to(device) if store_on_gpu else store
     questions = ["what color is the circle?", "how many red objects are there?", "is the square left of the circle?"]
-    samples = [QASample(f"q{i}", p, q, (answers[i % 4],), "t") for i, (p, q) in enumerate((p, q) for p in paths for q in questions)]
-    batches = Batches(TaskKind.VQA, samples, store, 12, shuffle=True, answer_index={a: i for i, a in enumerate(answers)}, device=device)
+    samples = [
+        QASample(f"q{i}", p, q, (answers[i % 4],), "t")
+        for i, (p, q) in enumerate((p, q) for p in paths for q in questions)
+    ]
+    batches = Batches(
+        TaskKind.VQA,
+        samples,
+        store,
+        12,
+        shuffle=True,
+        answer_index={a: i for i, a in enumerate(answers)},
+        device=device,
+    )
     cfg = TrainConfig(lrs={"head": 1e-3, model.encoder_group: 1e-4})
     opt = make_optimizer(model, cfg)
     jitter = augment.build(["color_jitter", "crop"])

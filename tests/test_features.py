@@ -51,10 +51,17 @@ def test_cached_and_uncached_runs_give_the_same_metrics(only_example, tmp_path):
     finals = {}
     for no_cache in (False, True):
         out = tmp_path / f"runs-{no_cache}"
-        opts = RunOptions(models=("example-bow",), tasks=("example-colors/vqa",), out=out, cache_dir=tmp_path / "cache",
-                          model_overrides={"train.augment": ""}, no_cache=no_cache, progress=False)
+        opts = RunOptions(
+            models=("example-bow",),
+            tasks=("example-colors/vqa",),
+            out=out,
+            cache_dir=tmp_path / "cache",
+            model_overrides={"train.augment": ""},
+            no_cache=no_cache,
+            progress=False,
+        )
         run(registry, infos, opts)
-        (_, rec), = list(iter_records(out))
+        ((_, rec),) = list(iter_records(out))
         finals[no_cache] = rec
     cached, plain = finals[False], finals[True]
     assert cached["cached"]["image"].startswith("avg-pool 8px") and cached["cached"]["off"] is None
@@ -66,7 +73,13 @@ def test_cached_and_uncached_runs_give_the_same_metrics(only_example, tmp_path):
 
 def test_augmentation_turns_the_cache_off_and_says_so(only_example, tmp_path):
     registry, infos = load_plugins()
-    opts = RunOptions(models=("example-bow",), tasks=("example-colors/vqa",), out=tmp_path / "runs", cache_dir=tmp_path / "cache", progress=False)
+    opts = RunOptions(
+        models=("example-bow",),
+        tasks=("example-colors/vqa",),
+        out=tmp_path / "runs",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     run(registry, infos, opts)
-    (_, rec), = list(iter_records(tmp_path / "runs"))
+    ((_, rec),) = list(iter_records(tmp_path / "runs"))
     assert rec["cached"]["image"] is None and rec["cached"]["off"] == "augmentation on (color_jitter)"

@@ -26,8 +26,11 @@ def err(path, rest):
 
 
 def test_load_thresholds(tmp_path):
-    path = thresholds_file(tmp_path, GOOD + '\n[[check]]\ndataset = "d"\nkind = "zeroshot"\nmodel = "m@random"\nprofile = "quick"\n'
-                           'metric = "val.top1"\nmax = 0.9\nmin = 0.1\nrelative_to = "majority"\n')
+    path = thresholds_file(
+        tmp_path,
+        GOOD + '\n[[check]]\ndataset = "d"\nkind = "zeroshot"\nmodel = "m@random"\nprofile = "quick"\n'
+        'metric = "val.top1"\nmax = 0.9\nmin = 0.1\nrelative_to = "majority"\n',
+    )
     assert load_thresholds(path) == [
         Threshold("mini-clevr", "vqa", "resnet-sbert", "test.vqa_accuracy", min=0.5),
         Threshold("d", "zeroshot", "m@random", "val.top1", min=0.1, max=0.9, profile="quick", relative_to="majority"),
@@ -62,7 +65,13 @@ def test_missing_field_names_entry_and_field(tmp_path, field):
 
 def test_unknown_field_names_entry_field_and_known_fields(tmp_path):
     path = thresholds_file(tmp_path, GOOD.replace("min = 0.5", "minimum = 0.5"))
-    with pytest.raises(ValueError, match=err(path, r": \[\[check\]\] #1: unknown field 'minimum'; fields are dataset, kind, max, metric, min, model, profile, relative_to$")):
+    with pytest.raises(
+        ValueError,
+        match=err(
+            path,
+            r": \[\[check\]\] #1: unknown field 'minimum'; fields are dataset, kind, max, metric, min, model, profile, relative_to$",
+        ),
+    ):
         load_thresholds(path)
 
 
@@ -100,6 +109,7 @@ def test_non_numeric_bound(tmp_path):
 
 # -- check ------------------------------------------------------------------------------------------
 
+
 def write_record(runs, acc, *, seed=0, model="resnet-sbert", profile="quick", majority=0.4, metric="vqa_accuracy"):
     rec = {
         "schema": results.SCHEMA_VERSION,
@@ -122,7 +132,14 @@ def th(**kw):
 def test_check_pass(tmp_path):
     write_record(tmp_path, 0.62)
     assert check([th(min=0.5)], tmp_path) == [
-        {"check": "mini-clevr/vqa resnet-sbert test.vqa_accuracy", "value": 0.62, "min": 0.5, "max": None, "seeds": 1, "status": "pass"}
+        {
+            "check": "mini-clevr/vqa resnet-sbert test.vqa_accuracy",
+            "value": 0.62,
+            "min": 0.5,
+            "max": None,
+            "seeds": 1,
+            "status": "pass",
+        }
     ]
 
 
@@ -179,7 +196,9 @@ def test_check_relative_to_majority(tmp_path):
     write_record(tmp_path, 0.625, majority=0.5, seed=0)
     write_record(tmp_path, 0.5, majority=0.25, seed=1)
     # Margins 0.125 and 0.25: mean 0.1875, while the plain accuracy mean is 0.5625.
-    [ok, fail, plain] = check([th(min=0.18, relative_to="majority"), th(min=0.19, relative_to="majority"), th(min=0.19)], tmp_path)
+    [ok, fail, plain] = check(
+        [th(min=0.18, relative_to="majority"), th(min=0.19, relative_to="majority"), th(min=0.19)], tmp_path
+    )
     assert ok["check"] == "mini-clevr/vqa resnet-sbert test.vqa_accuracy - majority"
     assert (ok["value"], ok["seeds"], ok["status"]) == (0.1875, 2, "pass")
     assert (fail["value"], fail["status"]) == (0.1875, "FAIL")

@@ -6,9 +6,7 @@ import pytest
 from vqabench import hookspecs
 
 HOOKS = sorted(
-    name
-    for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
-    if fn.__module__ == hookspecs.__name__
+    name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if fn.__module__ == hookspecs.__name__
 )
 
 

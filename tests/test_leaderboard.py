@@ -9,9 +9,26 @@ from vqabench.leaderboard import fmt_params, fmt_seconds, render, table, write
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard_vqa.md"
 
 
-def record(model, seed, test, *, kind="vqa", display_name=None, val=(0.3, 0.5, 0.6), partial=False, limit=None,
-           trainable=1_234_567, weights="pretrained", seconds=125.0, baseline=None, disabled=None, profile="quick",
-           dataset="mini-clevr", finished="2026-01-01T00:00:00Z", device="cpu"):
+def record(
+    model,
+    seed,
+    test,
+    *,
+    kind="vqa",
+    display_name=None,
+    val=(0.3, 0.5, 0.6),
+    partial=False,
+    limit=None,
+    trainable=1_234_567,
+    weights="pretrained",
+    seconds=125.0,
+    baseline=None,
+    disabled=None,
+    profile="quick",
+    dataset="mini-clevr",
+    finished="2026-01-01T00:00:00Z",
+    device="cpu",
+):
     """A result record with the fields the renderer reads, as the runner writes them."""
     primary = leaderboard.PRIMARY[kind]
     return {
@@ -44,14 +61,48 @@ MAJORITY = {"val": {"answer": "yes", "vqa_accuracy": 0.42}, "test": {"answer": "
 
 def vqa_records():
     return [
-        record("resnet-sbert", 0, {"vqa_accuracy": 0.61, "acc/count": 0.5, "acc/color": 0.7}, display_name="ResNet-18 + SBERT",
-               val=(0.4, 0.55, 0.6), baseline=MAJORITY, disabled={"hflip": "changes left/right answers"}),
-        record("resnet-sbert", 1, {"vqa_accuracy": 0.65, "acc/count": 0.6, "acc/color": 0.72}, display_name="ResNet-18 + SBERT",
-               val=(0.42, 0.57, 0.64), baseline=MAJORITY, seconds=135.0, finished="2026-01-02T10:00:00Z"),
-        record("clip-lora@random", 0, {"vqa_accuracy": 0.7, "acc/count": 0.65, "acc/color": 0.75}, display_name="CLIP LoRA",
-               partial=True, limit=100, trainable=50_000, weights="random init", val=(0.5, 0.66, 0.69), baseline=MAJORITY, seconds=3725.0),
-        record("bow-mlp", 0, {"vqa_accuracy": 0.3, "acc/count": 0.2}, display_name="BoW MLP", trainable=0, val=(0.2, 0.25),
-               baseline=MAJORITY, seconds=9.4),
+        record(
+            "resnet-sbert",
+            0,
+            {"vqa_accuracy": 0.61, "acc/count": 0.5, "acc/color": 0.7},
+            display_name="ResNet-18 + SBERT",
+            val=(0.4, 0.55, 0.6),
+            baseline=MAJORITY,
+            disabled={"hflip": "changes left/right answers"},
+        ),
+        record(
+            "resnet-sbert",
+            1,
+            {"vqa_accuracy": 0.65, "acc/count": 0.6, "acc/color": 0.72},
+            display_name="ResNet-18 + SBERT",
+            val=(0.42, 0.57, 0.64),
+            baseline=MAJORITY,
+            seconds=135.0,
+            finished="2026-01-02T10:00:00Z",
+        ),
+        record(
+            "clip-lora@random",
+            0,
+            {"vqa_accuracy": 0.7, "acc/count": 0.65, "acc/color": 0.75},
+            display_name="CLIP LoRA",
+            partial=True,
+            limit=100,
+            trainable=50_000,
+            weights="random init",
+            val=(0.5, 0.66, 0.69),
+            baseline=MAJORITY,
+            seconds=3725.0,
+        ),
+        record(
+            "bow-mlp",
+            0,
+            {"vqa_accuracy": 0.3, "acc/count": 0.2},
+            display_name="BoW MLP",
+            trainable=0,
+            val=(0.2, 0.25),
+            baseline=MAJORITY,
+            seconds=9.4,
+        ),
     ]
 
 
@@ -80,10 +131,21 @@ def test_render_is_independent_of_record_order():
 def test_vqa_table_rows_and_columns():
     df = table(vqa_records())
     assert list(df.columns) == [
-        "Model", "Weights", "Trainable params", "Val Acc (2 ep)", "Val Acc (3 ep)", "Test Acc", "Acc color", "Acc count", "Time",
+        "Model",
+        "Weights",
+        "Trainable params",
+        "Val Acc (2 ep)",
+        "Val Acc (3 ep)",
+        "Test Acc",
+        "Acc color",
+        "Acc count",
+        "Time",
     ]
     assert list(df["Model"]) == [
-        "CLIP LoRA [random] (partial: --limit 100)", "ResNet-18 + SBERT", 'Majority answer ("yes")', "BoW MLP",
+        "CLIP LoRA [random] (partial: --limit 100)",
+        "ResNet-18 + SBERT",
+        'Majority answer ("yes")',
+        "BoW MLP",
     ]
     assert list(df["Test Acc"]) == ["0.700", "0.630 ± 0.028", "0.400", "0.300"]
     assert list(df["Val Acc (3 ep)"]) == ["0.690", "0.620 ± 0.028", "0.420", "–"]
@@ -108,12 +170,28 @@ def test_no_majority_row_without_baseline():
 
 
 def test_zeroshot_columns():
-    r = record("clip", 0, {"top1": 0.52, "top5": 0.9, "mean_per_class_recall": 0.5}, kind="zeroshot", val=(0.4, 0.5, 0.52),
-               baseline={"test": {"answer": "x", "vqa_accuracy": 0.1}})
+    r = record(
+        "clip",
+        0,
+        {"top1": 0.52, "top5": 0.9, "mean_per_class_recall": 0.5},
+        kind="zeroshot",
+        val=(0.4, 0.5, 0.52),
+        baseline={"test": {"answer": "x", "vqa_accuracy": 0.1}},
+    )
     text = render([r])["mini-clevr"]
     assert "## zeroshot — quick profile" in text
     assert cells(text) == [
-        ["Model", "Weights", "Trainable params", "Val top1 (2 ep)", "Val top1 (3 ep)", "Top-1", "Top-5", "Mean per-class", "Time"],
+        [
+            "Model",
+            "Weights",
+            "Trainable params",
+            "Val top1 (2 ep)",
+            "Val top1 (3 ep)",
+            "Top-1",
+            "Top-5",
+            "Mean per-class",
+            "Time",
+        ],
         ["clip", "pretrained", "1.23 M", "0.500", "0.520", "0.520", "0.900", "0.500", "2m 05s"],
     ]
 
@@ -124,7 +202,18 @@ def test_captioning_columns():
     text = render([r])["mini-clevr"]
     assert "## captioning — paper profile" in text
     assert cells(text) == [
-        ["Model", "Weights", "Trainable params", "Val cider (2 ep)", "BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "Time"],
+        [
+            "Model",
+            "Weights",
+            "Trainable params",
+            "Val cider (2 ep)",
+            "BLEU-1",
+            "BLEU-4",
+            "METEOR",
+            "ROUGE-L",
+            "CIDEr",
+            "Time",
+        ],
         ["cap", "pretrained", "1.23 M", "0.700", "0.600", "0.200", "0.250", "0.450", "0.810", "2m 05s"],
     ]
 
@@ -142,12 +231,17 @@ def test_render_one_file_per_dataset_one_table_per_kind_and_profile():
     assert out["vqa-v2"].startswith("# vqa-v2\n")
 
 
-@pytest.mark.parametrize(("n", "text"), [(0, "0"), (999, "1.0 K"), (99_999, "100.0 K"), (100_000, "0.10 M"), (86_000_000, "86.00 M")])
+@pytest.mark.parametrize(
+    ("n", "text"), [(0, "0"), (999, "1.0 K"), (99_999, "100.0 K"), (100_000, "0.10 M"), (86_000_000, "86.00 M")]
+)
 def test_fmt_params(n, text):
     assert fmt_params(n) == text
 
 
-@pytest.mark.parametrize(("s", "text"), [(0, "0m 00s"), (59.6, "1m 00s"), (125, "2m 05s"), (3599, "59m 59s"), (3600, "1h 00m"), (7325, "2h 02m")])
+@pytest.mark.parametrize(
+    ("s", "text"),
+    [(0, "0m 00s"), (59.6, "1m 00s"), (125, "2m 05s"), (3599, "59m 59s"), (3600, "1h 00m"), (7325, "2h 02m")],
+)
 def test_fmt_seconds(s, text):
     assert fmt_seconds(s) == text
 
@@ -166,5 +260,13 @@ def test_write_creates_markdown_and_curves(tmp_path):
     md = (tmp_path / "lb" / "mini-clevr.md").read_text()
     assert "![training curves](mini-clevr-vqa-quick.png)" in md
     assert "![training curves](mini-clevr-zeroshot-quick.png)" in md
-    assert md.rstrip("\n") == render(recs, {"mini-clevr": {("vqa", "quick"): "mini-clevr-vqa-quick.png", ("zeroshot", "quick"): "mini-clevr-zeroshot-quick.png"}})["mini-clevr"].rstrip("\n")
+    assert md.rstrip("\n") == render(
+        recs,
+        {
+            "mini-clevr": {
+                ("vqa", "quick"): "mini-clevr-vqa-quick.png",
+                ("zeroshot", "quick"): "mini-clevr-zeroshot-quick.png",
+            }
+        },
+    )["mini-clevr"].rstrip("\n")
     assert "![training curves]" not in (tmp_path / "lb" / "vqa-v2.md").read_text()

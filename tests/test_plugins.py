@@ -1,19 +1,18 @@
 import warnings
 
-import pytest
-
 from helpers import add_distribution, run_cli
+
 from vqabench.plugins import PluginWarning, load_plugins
 
-HOOK_RAISES = '''
+HOOK_RAISES = """
 from vqabench.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
     raise RuntimeError("boom in hook")
-'''
+"""
 
-DUPLICATE = '''
+DUPLICATE = """
 from vqabench.hookspecs import hookimpl
 from vqabench.registry import ModelSpec
 from vqabench.tasks import TaskKind
@@ -23,7 +22,7 @@ import vqabench_example as ex
 def register_models(register):
     register(ModelSpec("fine-model", "F", "Fine", (TaskKind.VQA,), ex.BowConfig, None))
     register(ModelSpec("example-bow", "X", "X", (TaskKind.VQA,), ex.BowConfig, None))
-'''
+"""
 
 
 def test_example_plugin_is_discovered_through_entry_points(plugin_site, monkeypatch):
@@ -64,7 +63,15 @@ def test_allow_list_restricts_plugins(plugin_site, monkeypatch):
 def test_cli_plugins_lists_first_party_and_example(plugin_site):
     proc = run_cli("plugins")
     assert proc.returncode == 0, proc.stderr
-    for name in ("example", "vqabench-example", "example-colors", "mini_clevr", "mini-clevr", "resnet_sbert", "clip_lora"):
+    for name in (
+        "example",
+        "vqabench-example",
+        "example-colors",
+        "mini_clevr",
+        "mini-clevr",
+        "resnet_sbert",
+        "clip_lora",
+    ):
         assert name in proc.stdout
 
 
@@ -72,4 +79,6 @@ def test_first_party_plugins_are_not_a_top_level_plugins_package():
     import importlib.util
 
     assert importlib.util.find_spec("vqabench_plugins") is not None
-    assert importlib.util.find_spec("plugins") is None or "site-packages" not in str(importlib.util.find_spec("plugins").origin)
+    assert importlib.util.find_spec("plugins") is None or "site-packages" not in str(
+        importlib.util.find_spec("plugins").origin
+    )

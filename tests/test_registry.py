@@ -16,7 +16,14 @@ def dataset(name="mini-clevr", kinds=(TaskKind.VQA,)):
 
 
 def model(name="clip-lora", kinds=(TaskKind.VQA,)):
-    return ModelSpec(name=name, family="clip", display_name="CLIP LoRA", task_kinds=kinds, config_cls=Cfg, build=lambda c, d, dev: None)
+    return ModelSpec(
+        name=name,
+        family="clip",
+        display_name="CLIP LoRA",
+        task_kinds=kinds,
+        config_cls=Cfg,
+        build=lambda c, d, dev: None,
+    )
 
 
 def test_did_you_mean_close_match():
@@ -76,7 +83,9 @@ def test_same_name_for_a_dataset_and_a_model_is_allowed():
 def test_add_rejects_duplicates_naming_both_plugins(what, make):
     reg = Registry()
     reg.add(what, make("dup"), "first-plugin")
-    with pytest.raises(ValueError, match=rf"plugin 'second-plugin': {what} name 'dup' is already registered by plugin 'first-plugin'"):
+    with pytest.raises(
+        ValueError, match=rf"plugin 'second-plugin': {what} name 'dup' is already registered by plugin 'first-plugin'"
+    ):
         reg.add(what, make("dup"), "second-plugin")
     assert reg.owner[(what, "dup")] == "first-plugin"
 
@@ -97,7 +106,9 @@ def test_add_rejects_inner_space():
 @pytest.mark.parametrize("kind", ["vqa", 3, None])
 def test_add_rejects_non_task_kind(kind):
     reg = Registry()
-    with pytest.raises(ValueError, match=r"plugin 'p': dataset 'd' declares unknown task kind .*; use vqabench\.tasks\.TaskKind"):
+    with pytest.raises(
+        ValueError, match=r"plugin 'p': dataset 'd' declares unknown task kind .*; use vqabench\.tasks\.TaskKind"
+    ):
         reg.add("dataset", dataset("d", kinds=(TaskKind.VQA, kind)), "p")
     assert reg.datasets == {}
 

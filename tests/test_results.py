@@ -94,7 +94,9 @@ def test_read_jsonl_skips_blank_lines(tmp_path):
 def test_read_jsonl_error_names_file_and_line(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"a": 1}\n\n{"a": \n')
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: not valid JSON .*delete the file and rerun the cell"):
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(path))}:3: not valid JSON .*delete the file and rerun the cell"
+    ):
         read_jsonl(path)
 
 
@@ -113,7 +115,9 @@ def test_read_record_rejects_wrong_schema_naming_file(tmp_path, schema):
     path = tmp_path / "record.json"
     body = {"model": "m"} if schema is None else {"schema": schema, "model": "m"}
     path.write_text(json.dumps(body))
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: record schema {schema!r}, this vqabench reads {SCHEMA_VERSION}$"):
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(path))}: record schema {schema!r}, this vqabench reads {SCHEMA_VERSION}$"
+    ):
         read_record(path)
 
 
@@ -140,8 +144,14 @@ def test_iter_records_empty(tmp_path):
 
 
 def test_cell_dir_layout(tmp_path):
-    assert cell_dir(tmp_path, "mini-clevr", "vqa", "clip-lora", "quick", 0) == tmp_path / "mini-clevr" / "vqa" / "clip-lora" / "quick-seed0"
-    assert cell_dir(tmp_path, "d", "zeroshot", "clip-lora@random", "paper", 12) == tmp_path / "d" / "zeroshot" / "clip-lora_at_random" / "paper-seed12"
+    assert (
+        cell_dir(tmp_path, "mini-clevr", "vqa", "clip-lora", "quick", 0)
+        == tmp_path / "mini-clevr" / "vqa" / "clip-lora" / "quick-seed0"
+    )
+    assert (
+        cell_dir(tmp_path, "d", "zeroshot", "clip-lora@random", "paper", 12)
+        == tmp_path / "d" / "zeroshot" / "clip-lora_at_random" / "paper-seed12"
+    )
 
 
 def test_ledger_persists_across_instances(tmp_path):
@@ -151,10 +161,18 @@ def test_ledger_persists_across_instances(tmp_path):
     ledger.set("n/d/vqa", "skipped", reason="profile quick not supported")
     ledger.set("a/d/vqa", "failed", error="CUDA OOM")
     again = Ledger(tmp_path)
-    assert {c: v["state"] for c, v in again.cells.items()} == {"m/d/vqa": "done", "n/d/vqa": "skipped", "a/d/vqa": "failed"}
+    assert {c: v["state"] for c, v in again.cells.items()} == {
+        "m/d/vqa": "done",
+        "n/d/vqa": "skipped",
+        "a/d/vqa": "failed",
+    }
     assert again.cells["m/d/vqa"]["seconds"] == 3.5
     assert again.cells["m/d/vqa"]["updated"].endswith("Z")
-    assert again.summary() == [("a/d/vqa", "failed", "CUDA OOM"), ("m/d/vqa", "done", ""), ("n/d/vqa", "skipped", "profile quick not supported")]
+    assert again.summary() == [
+        ("a/d/vqa", "failed", "CUDA OOM"),
+        ("m/d/vqa", "done", ""),
+        ("n/d/vqa", "skipped", "profile quick not supported"),
+    ]
     assert sorted(os.listdir(tmp_path)) == ["status.json"]
 
 
@@ -180,5 +198,16 @@ def test_ledger_unknown_state_error_names_known_states(tmp_path):
 
 
 def test_record_fields_document_every_field():
-    assert {"schema", "model", "dataset", "kind", "profile", "seed", "final", "baseline", "history", "config_hash"} <= set(RECORD_FIELDS)
+    assert {
+        "schema",
+        "model",
+        "dataset",
+        "kind",
+        "profile",
+        "seed",
+        "final",
+        "baseline",
+        "history",
+        "config_hash",
+    } <= set(RECORD_FIELDS)
     assert all(isinstance(v, str) and v for v in RECORD_FIELDS.values())

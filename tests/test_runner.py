@@ -6,8 +6,8 @@ import sys
 import time
 
 import pytest
-
 from helpers import run_cli
+
 from vqabench.plugins import load_plugins
 from vqabench.results import iter_records, read_jsonl
 from vqabench.runner import RunOptions, plan, run
@@ -16,14 +16,24 @@ from vqabench.runner import RunOptions, plan, run
 @pytest.fixture
 def opts(only_example, tmp_path):
     # Captioning has its own test below: its Java scorers take seconds to start.
-    return RunOptions(models=("all",), tasks=("example-colors/vqa", "example-colors/zeroshot"), out=tmp_path / "runs", cache_dir=tmp_path / "cache", progress=False)
+    return RunOptions(
+        models=("all",),
+        tasks=("example-colors/vqa", "example-colors/zeroshot"),
+        out=tmp_path / "runs",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
 
 
 def test_plan_pairs_compatible_cells_and_lists_skipped(opts):
     registry, _ = load_plugins()
     cells, skipped = plan(registry, RunOptions(models=("all",), tasks=("example-colors",)))
     assert sorted((str(c.ref), c.kind.value) for c in cells) == [
-        ("example-bow", "answerability"), ("example-bow", "vqa"), ("example-colorname", "captioning"), ("example-colorname", "zeroshot")]
+        ("example-bow", "answerability"),
+        ("example-bow", "vqa"),
+        ("example-colorname", "captioning"),
+        ("example-colorname", "zeroshot"),
+    ]
     assert ("example-bow x example-colors/captioning", "model supports vqa, answerability") in skipped
     assert ("example-colorname x example-colors/vqa", "model supports zeroshot, captioning") in skipped
     assert len(skipped) == 4
@@ -50,9 +60,16 @@ def test_run_writes_records_predictions_and_ledger(opts):
     assert rec["weights"] == "random init" and rec["params"]["trainable"] == rec["params"]["total"] > 0
     assert [h["epoch"] for h in rec["history"]] == list(range(1, 7))
     assert rec["final"]["test"]["vqa_accuracy"] > rec["baseline"]["test"]["vqa_accuracy"]  # it learns
-    assert rec["augmentations"] == {"used": ["color_jitter"], "disabled": {"hflip": "changes answers on example-colors"}}
+    assert rec["augmentations"] == {
+        "used": ["color_jitter"],
+        "disabled": {"hflip": "changes answers on example-colors"},
+    }
     assert rec["compiled"] == []  # train.compile is off by default
-    assert rec["versions"]["model_plugin"] == {"plugin": "example", "distribution": "vqabench-example", "version": "0.1.0"}
+    assert rec["versions"]["model_plugin"] == {
+        "plugin": "example",
+        "distribution": "vqabench-example",
+        "version": "0.1.0",
+    }
     lines = read_jsonl(path.parent / "predictions-test.jsonl")
     assert len(lines) == 24 and {"id", "answer", "answers", "question_type", "confidence"} <= set(lines[0])
     assert (path.parent / "ckpt" / "best.safetensors").exists()
@@ -90,14 +107,29 @@ def test_failing_cell_is_recorded_and_the_run_goes_on(opts, monkeypatch):
 def test_limit_takes_a_recorded_partial_sample(opts):
     registry, infos = load_plugins()
     run(registry, infos, RunOptions(**{**opts.__dict__, "limit": 6, "models": ("example-bow",)}))
-    (_, rec), = list(iter_records(opts.out))
+    ((_, rec),) = list(iter_records(opts.out))
     assert rec["partial"] is True and rec["limit"] == 6
     assert all(len(ids) == 6 for ids in rec["sample_ids"].values())
 
 
 def test_killed_run_resumes_from_its_last_epoch(only_example, tmp_path):
-    args = [sys.executable, "-m", "vqabench.cli", "run", "--models", "example-bow", "--tasks", "example-colors/vqa",
-            "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--epochs", "40", "--no-progress"]
+    args = [
+        sys.executable,
+        "-m",
+        "vqabench.cli",
+        "run",
+        "--models",
+        "example-bow",
+        "--tasks",
+        "example-colors/vqa",
+        "--out",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--epochs",
+        "40",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     trainer = tmp_path / "runs/example-colors/vqa/example-bow/quick-seed0/ckpt/trainer.pt"
     deadline = time.time() + 120
@@ -131,18 +163,27 @@ def test_captioning_cell_scores_with_pycocoevalcap_and_a_local_clip(only_example
     import open_clip
     import torch
 
-    config = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    config = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
     (tmp_path / "tiny-clip.json").write_text(json.dumps(config))
     open_clip.add_model_config(str(tmp_path / "tiny-clip.json"))
     torch.manual_seed(0)
     torch.save(open_clip.create_model("tiny-clip").state_dict(), tmp_path / "tiny-clip.pt")
-    opts = RunOptions(models=("example-colorname",), tasks=("example-colors/captioning",), out=tmp_path / "runs", cache_dir=tmp_path / "cache",
-                      clipscore=f"{tmp_path / 'tiny-clip.json'}@{tmp_path / 'tiny-clip.pt'}", progress=False)
+    opts = RunOptions(
+        models=("example-colorname",),
+        tasks=("example-colors/captioning",),
+        out=tmp_path / "runs",
+        cache_dir=tmp_path / "cache",
+        clipscore=f"{tmp_path / 'tiny-clip.json'}@{tmp_path / 'tiny-clip.pt'}",
+        progress=False,
+    )
     registry, infos = load_plugins()
     ledger = run(registry, infos, opts)
     assert [v["state"] for v in ledger.cells.values()] == ["done"], ledger.cells
-    (path, rec), = list(iter_records(opts.out))
+    ((path, rec),) = list(iter_records(opts.out))
     test = rec["final"]["test"]
     # Every caption names the right colour: "a red square" against "a red square" / "a red square on black".
     assert test["bleu_1"] > 0.9 and test["cider"] > 1.0 and 0 < test["meteor"] <= 1
@@ -152,11 +193,17 @@ def test_captioning_cell_scores_with_pycocoevalcap_and_a_local_clip(only_example
 
 
 def test_answerability_cell_reports_ap_and_risk_coverage(only_example, tmp_path):
-    opts = RunOptions(models=("example-bow",), tasks=("example-colors/answerability",), out=tmp_path / "runs", cache_dir=tmp_path / "cache",
-                      model_overrides={"train.best_metric": "ap_unanswerable", "train.epochs": "12"}, progress=False)
+    opts = RunOptions(
+        models=("example-bow",),
+        tasks=("example-colors/answerability",),
+        out=tmp_path / "runs",
+        cache_dir=tmp_path / "cache",
+        model_overrides={"train.best_metric": "ap_unanswerable", "train.epochs": "12"},
+        progress=False,
+    )
     registry, infos = load_plugins()
     run(registry, infos, opts)
-    (path, rec), = list(iter_records(opts.out))
+    ((path, rec),) = list(iter_records(opts.out))
     test = rec["final"]["test"]
     # "what color is the circle?" is always unanswerable: the bag of words finds it.
     assert test["ap_unanswerable"] > 0.9 and test["auroc"] > 0.9
@@ -170,11 +217,18 @@ def test_scoped_overrides_reach_only_their_model(only_example, tmp_path):
     from vqabench.runner import resolve
 
     registry, _ = load_plugins()
-    opts = RunOptions(models=("example-bow", "example-colorname"), tasks=("example-colors",),
-                      model_overrides={"example-bow:hidden": "7", "train.batch_size": "5"})
+    opts = RunOptions(
+        models=("example-bow", "example-colorname"),
+        tasks=("example-colors",),
+        model_overrides={"example-bow:hidden": "7", "train.batch_size": "5"},
+    )
     cells, _ = plan(registry, opts)
     configs = {(str(c.ref), c.kind.value): resolve(c, opts)[0] for c in cells}
     assert configs[("example-bow", "vqa")].hidden == 7 and configs[("example-bow", "vqa")].train.batch_size == 5
     assert configs[("example-colorname", "zeroshot")].train.batch_size == 5
     with pytest.raises(ValueError, match="no planned model is called 'example-bw'"):
-        run(registry, [], RunOptions(**{**opts.__dict__, "model_overrides": {"example-bw:hidden": "7"}, "out": tmp_path}))
+        run(
+            registry,
+            [],
+            RunOptions(**{**opts.__dict__, "model_overrides": {"example-bw:hidden": "7"}, "out": tmp_path}),
+        )

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import NARROW_RESNET, TINY_CLIP, isolate_caches, save_tiny_sentence_transformer
 
 from vqabench import weights
 from vqabench.weights import WeightsUnavailable, load_open_clip, load_sentence_transformer, load_timm
-
-from helpers import NARROW_RESNET, TINY_CLIP, isolate_caches, save_tiny_sentence_transformer
 
 
 def test_timm_round_trip_through_a_checkpoint_file_with_classifier(tmp_path):
@@ -37,7 +35,9 @@ def test_timm_refuses_a_checkpoint_that_does_not_fit_or_leaves_weights_random(tm
     torch.save(timm.create_model("resnet10t", num_classes=0).state_dict(), tmp_path / "other.pth")
     with pytest.raises(WeightsUnavailable, match="does not fit"):
         load_timm("resnet18", pretrained=True, checkpoint=str(tmp_path / "other.pth"))
-    partial = {k: v for k, v in timm.create_model("resnet18", **NARROW_RESNET).state_dict().items() if "layer4" not in k}
+    partial = {
+        k: v for k, v in timm.create_model("resnet18", **NARROW_RESNET).state_dict().items() if "layer4" not in k
+    }
     torch.save(partial, tmp_path / "partial.pth")
     with pytest.raises(WeightsUnavailable, match="weights missing"):
         load_timm("resnet18", pretrained=True, checkpoint=str(tmp_path / "partial.pth"), **NARROW_RESNET)
@@ -53,11 +53,15 @@ def test_timm_random_init_says_so():
 
 def test_open_clip_round_trip_through_a_checkpoint_file(tmp_path):
     torch.manual_seed(0)
-    source, tokenizer, _, _, description = load_open_clip("ViT-B-32", pretrained=False, checkpoint="", model_cfg=TINY_CLIP)
+    source, tokenizer, _, _, description = load_open_clip(
+        "ViT-B-32", pretrained=False, checkpoint="", model_cfg=TINY_CLIP
+    )
     assert description == "random init (ViT-B-32, custom config)"
     torch.save(source.state_dict(), tmp_path / "clip.pt")
 
-    loaded, _, _, _, description = load_open_clip("ViT-B-32", pretrained=True, checkpoint=str(tmp_path / "clip.pt"), model_cfg=TINY_CLIP)
+    loaded, _, _, _, description = load_open_clip(
+        "ViT-B-32", pretrained=True, checkpoint=str(tmp_path / "clip.pt"), model_cfg=TINY_CLIP
+    )
     assert description == "ViT-B-32 (clip.pt)"
     images, tokens = torch.rand(2, 3, 32, 32), tokenizer(["what color is the circle?", "how many red objects?"])
     with torch.no_grad():
@@ -78,7 +82,9 @@ def test_open_clip_checkpoint_loads_strictly_into_custom_blocks_and_custom_text(
     source, tokenizer, _, _, _ = load_open_clip("ViT-B-32", pretrained=False, checkpoint="", model_cfg=TINY_CLIP)
     torch.save(source.state_dict(), tmp_path / "clip.pt")
     layout = {**TINY_CLIP, "custom_text": True, "vision_cfg": {**TINY_CLIP["vision_cfg"], "block_type": "custom"}}
-    custom, _, _, _, _ = load_open_clip("ViT-B-32", pretrained=True, checkpoint=str(tmp_path / "clip.pt"), model_cfg=layout)
+    custom, _, _, _, _ = load_open_clip(
+        "ViT-B-32", pretrained=True, checkpoint=str(tmp_path / "clip.pt"), model_cfg=layout
+    )
 
     assert isinstance(custom.visual.transformer.resblocks[0].attn, Attention)
     images, tokens = torch.rand(2, 3, 32, 32), tokenizer(["is the red circle left of the blue square?"])
@@ -95,7 +101,9 @@ def test_sentence_transformer_round_trip_through_a_saved_directory(tmp_path):
     model, description = load_sentence_transformer(str(directory))
     assert description == "sbert"
     questions = ["what color is the circle?", "how many red objects are there?"]
-    assert torch.equal(model.encode(questions, convert_to_tensor=True), source.encode(questions, convert_to_tensor=True))
+    assert torch.equal(
+        model.encode(questions, convert_to_tensor=True), source.encode(questions, convert_to_tensor=True)
+    )
 
 
 def test_packaged_minilm_loads_offline(tmp_path, monkeypatch):

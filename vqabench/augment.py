@@ -8,7 +8,7 @@ that would change its answers (``DatasetSpec.unsafe_augmentations``); the runner
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +90,12 @@ def erase(x: torch.Tensor, gen: torch.Generator, p: float = 0.3, area: Sequence[
     x0 = to_device(torch.rand(n, generator=gen), dev) * (w - ew)
     ys = torch.arange(h, device=dev)[None, :, None]
     xs = torch.arange(w, device=dev)[None, None, :]
-    inside = (ys >= y0[:, None, None]) & (ys < (y0 + eh)[:, None, None]) & (xs >= x0[:, None, None]) & (xs < (x0 + ew)[:, None, None])
+    inside = (
+        (ys >= y0[:, None, None])
+        & (ys < (y0 + eh)[:, None, None])
+        & (xs >= x0[:, None, None])
+        & (xs < (x0 + ew)[:, None, None])
+    )
     apply = to_device(torch.rand(n, generator=gen) < p, dev)[:, None, None]
     mask = (inside & apply).unsqueeze(1)
     # Image-sized noise is drawn where the images are, from a generator seeded by ``gen``.
@@ -98,7 +103,13 @@ def erase(x: torch.Tensor, gen: torch.Generator, p: float = 0.3, area: Sequence[
     return torch.where(mask, noise, x)
 
 
-AUGMENTATIONS: dict[str, Augment] = {"hflip": hflip, "color_jitter": color_jitter, "hue": hue, "crop": crop, "erase": erase}
+AUGMENTATIONS: dict[str, Augment] = {
+    "hflip": hflip,
+    "color_jitter": color_jitter,
+    "hue": hue,
+    "crop": crop,
+    "erase": erase,
+}
 
 
 def build(names: Sequence[str]) -> Augment | None:

@@ -25,9 +25,25 @@ from vqabench.registry import PluginInfo, Registry
 from vqabench.runner import RunOptions, augmentations, build_model, device_name, pick_device, plan, resolve
 
 FIELDS = [
-    "model", "task", "device", "trainable_params", "train_steps", "uncached_epoch_s", "cache_build_s",
-    "cached_epoch_s", "cached_speedup", "train_images_per_s", "train_samples_per_s", "cached_train_images_per_s",
-    "inference_images_per_s", "prepare_data_s", "prepare_images", "peak_memory_bytes", "memory_measured", "cache", "compiled",
+    "model",
+    "task",
+    "device",
+    "trainable_params",
+    "train_steps",
+    "uncached_epoch_s",
+    "cache_build_s",
+    "cached_epoch_s",
+    "cached_speedup",
+    "train_images_per_s",
+    "train_samples_per_s",
+    "cached_train_images_per_s",
+    "inference_images_per_s",
+    "prepare_data_s",
+    "prepare_images",
+    "peak_memory_bytes",
+    "memory_measured",
+    "cache",
+    "compiled",
 ]
 
 
@@ -37,7 +53,9 @@ def _peak(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_steps: int | None = None) -> list[dict[str, Any]]:
+def bench(
+    registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_steps: int | None = None
+) -> list[dict[str, Any]]:
     """One row of measurements per planned cell (see FIELDS)."""
     cells, _ = plan(registry, opts)
     device = pick_device(opts.device)
@@ -54,15 +72,23 @@ def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_ste
         data = cell.dataset.load(dcfg, cell.kind, opts.cache_dir)
         model, compiled = build_model(cell, mcfg, data, device, opts.seed)
         train, val = data.split("train"), data.split("val")
-        store = ImageStore.build([s.image for s in train + val], model.image_size, opts.cache_dir, data.revision, opts.progress)
+        store = ImageStore.build(
+            [s.image for s in train + val], model.image_size, opts.cache_dir, data.revision, opts.progress
+        )
         store = store.place(device)
         index = {a: i for i, a in enumerate(data.answer_vocab or [])}
         cfg = mcfg.train
 
         def batches(samples: list, features: Any = None, shuffle: bool = True) -> Batches:
-            return Batches(cell.kind, samples, store, cfg.batch_size, shuffle, opts.seed, index, features, device=device)
+            return Batches(
+                cell.kind, samples, store, cfg.batch_size, shuffle, opts.seed, index, features, device=device
+            )
 
-        row: dict[str, Any] = {"model": str(cell.ref), "task": f"{cell.dataset.name}/{cell.kind.value}", "device": device_name(device)}
+        row: dict[str, Any] = {
+            "model": str(cell.ref),
+            "task": f"{cell.dataset.name}/{cell.kind.value}",
+            "device": device_name(device),
+        }
         row["trainable_params"] = count_parameters(model)[0]
         row["compiled"] = ",".join(compiled) or "no"
         opt = make_optimizer(model, cfg) if model.trains else None
@@ -71,8 +97,23 @@ def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_ste
             # see a second batch shape there, so that their recompilation for dynamic shapes is
             # not timed either.
             train_epoch(model, batches(train), opt, None, cfg, device, max_steps=3 if compiled else 1)
-            plain = train_epoch(model, batches(train), opt, None, cfg, device, max_steps=max_steps, progress=opts.progress, desc="uncached")
-            row.update(train_steps=len(plain.losses), uncached_epoch_s=plain.seconds, train_images_per_s=plain.images / plain.seconds, train_samples_per_s=plain.samples / plain.seconds)
+            plain = train_epoch(
+                model,
+                batches(train),
+                opt,
+                None,
+                cfg,
+                device,
+                max_steps=max_steps,
+                progress=opts.progress,
+                desc="uncached",
+            )
+            row.update(
+                train_steps=len(plain.losses),
+                uncached_epoch_s=plain.seconds,
+                train_images_per_s=plain.images / plain.seconds,
+                train_samples_per_s=plain.samples / plain.seconds,
+            )
         stem = model.image_stem()
         features = None
         if stem is not None:
@@ -85,8 +126,22 @@ def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_ste
             # The bench trains without augmentation; a run of an augmented recipe cannot cache.
             row["cache"] = stem.name if not used else f"{stem.name} (not in runs: they augment with {', '.join(used)})"
             if opt is not None:
-                cached = train_epoch(model, batches(train, features), opt, None, cfg, device, max_steps=max_steps, progress=opts.progress, desc="cached")
-                row.update(cached_epoch_s=cached.seconds, cached_speedup=row["uncached_epoch_s"] / cached.seconds, cached_train_images_per_s=cached.images / cached.seconds)
+                cached = train_epoch(
+                    model,
+                    batches(train, features),
+                    opt,
+                    None,
+                    cfg,
+                    device,
+                    max_steps=max_steps,
+                    progress=opts.progress,
+                    desc="cached",
+                )
+                row.update(
+                    cached_epoch_s=cached.seconds,
+                    cached_speedup=row["uncached_epoch_s"] / cached.seconds,
+                    cached_train_images_per_s=cached.images / cached.seconds,
+                )
         else:
             row["cache"] = "none (no frozen image stem)"
         t0 = time.perf_counter()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tabulate import tabulate
 
@@ -32,7 +33,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from vqabench.plugins import load_plugins
 
     _, infos = load_plugins()
-    rows = [[i.name, i.distribution, i.version, i.status, ", ".join(i.datasets) or "–", ", ".join(i.models) or "–", i.error or ""] for i in infos]
+    rows = [
+        [
+            i.name,
+            i.distribution,
+            i.version,
+            i.status,
+            ", ".join(i.datasets) or "–",
+            ", ".join(i.models) or "–",
+            i.error or "",
+        ]
+        for i in infos
+    ]
     print(tabulate(rows, headers=["plugin", "distribution", "version", "status", "datasets", "models", "error"]))
     return 0
 
@@ -51,14 +63,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name, value in _pairs(args.lr, "--lr").items():
         overrides[f"train.lrs.{name}"] = value
     opts = RunOptions(
-        models=tuple(m for m in args.models.split(",") if m), tasks=tuple(t for t in args.tasks.split(",") if t),
-        profile=args.profile, device=args.device, seed=args.seed, out=Path(args.out), cache_dir=Path(args.cache_dir or default_cache()),
-        model_overrides=overrides, data_overrides=_pairs(args.data, "--data"), limit=args.limit, force=args.force,
-        no_cache=args.no_cache, clipscore=args.clipscore, progress=not args.no_progress,
+        models=tuple(m for m in args.models.split(",") if m),
+        tasks=tuple(t for t in args.tasks.split(",") if t),
+        profile=args.profile,
+        device=args.device,
+        seed=args.seed,
+        out=Path(args.out),
+        cache_dir=Path(args.cache_dir or default_cache()),
+        model_overrides=overrides,
+        data_overrides=_pairs(args.data, "--data"),
+        limit=args.limit,
+        force=args.force,
+        no_cache=args.no_cache,
+        clipscore=args.clipscore,
+        progress=not args.no_progress,
     )
     registry, infos = load_plugins()
     cells, skipped = plan(registry, opts)
-    print(tabulate([[str(c.ref), f"{c.dataset.name}/{c.kind.value}", "planned", ""] for c in cells] + [[*label.split(" x "), "skipped", why] for label, why in skipped], headers=["model", "task", "status", "reason"]))
+    print(
+        tabulate(
+            [[str(c.ref), f"{c.dataset.name}/{c.kind.value}", "planned", ""] for c in cells]
+            + [[*label.split(" x "), "skipped", why] for label, why in skipped],
+            headers=["model", "task", "status", "reason"],
+        )
+    )
     if args.list:
         return 0
     ledger = run(registry, infos, opts)
@@ -78,7 +106,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     registry, _ = load_plugins()
     spec = registry.dataset(args.name)
     if spec.prepare is None:
-        raise SystemExit(f"error: dataset {args.name!r} cannot be prepared by vqabench (its plugin gives no prepare step)")
+        raise SystemExit(
+            f"error: dataset {args.name!r} cannot be prepared by vqabench (its plugin gives no prepare step)"
+        )
     overrides: dict[str, Any] = _pairs(args.data, "--data")
     for flag, field in (("seed", "seed"), ("images", "images"), ("image_size", "image_size")):
         if getattr(args, flag) is not None:
@@ -120,9 +150,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from vqabench.runner import RunOptions
 
     opts = RunOptions(
-        models=tuple(m for m in args.models.split(",") if m), tasks=tuple(t for t in args.tasks.split(",") if t),
-        profile=args.profile, device=args.device, seed=args.seed, cache_dir=Path(args.cache_dir or default_cache()),
-        model_overrides=_pairs(args.set, "--set"), data_overrides=_pairs(args.data, "--data"), progress=not args.no_progress,
+        models=tuple(m for m in args.models.split(",") if m),
+        tasks=tuple(t for t in args.tasks.split(",") if t),
+        profile=args.profile,
+        device=args.device,
+        seed=args.seed,
+        cache_dir=Path(args.cache_dir or default_cache()),
+        model_overrides=_pairs(args.set, "--set"),
+        data_overrides=_pairs(args.data, "--data"),
+        progress=not args.no_progress,
     )
     registry, infos = load_plugins()
     rows = bench(registry, infos, opts, max_steps=args.max_steps)
@@ -167,18 +203,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", default="runs", help="run directory (records, predictions, checkpoints)")
-    r.add_argument("--cache-dir", default=None, help="data and feature cache (default $VQABENCH_CACHE or ~/.cache/vqabench)")
+    r.add_argument(
+        "--cache-dir", default=None, help="data and feature cache (default $VQABENCH_CACHE or ~/.cache/vqabench)"
+    )
     r.add_argument("--leaderboards", default=None, help="where to write leaderboards (default OUT/leaderboards)")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch-size", type=int)
     r.add_argument("--lr", action="append", metavar="GROUP=LR", help="learning rate of a parameter group (repeatable)")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model config field, dotted; NAME:KEY=VALUE for one model only (repeatable)")
+    r.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a model config field, dotted; NAME:KEY=VALUE for one model only (repeatable)",
+    )
     r.add_argument("--data", action="append", metavar="KEY=VALUE", help="override a dataset config field (repeatable)")
     r.add_argument("--limit", type=int, help="seeded random sample of at most N per split (marked partial)")
     r.add_argument("--force", action="store_true", help="redo cells that are already done")
     r.add_argument("--list", action="store_true", help="only list the planned and skipped pairs")
     r.add_argument("--no-cache", action="store_true", help="recompute frozen encoders every step (no feature cache)")
-    r.add_argument("--clipscore", metavar="ARCH@WEIGHTS", help="score captions with this CLIP too (e.g. ViT-B-32@openai)")
+    r.add_argument(
+        "--clipscore", metavar="ARCH@WEIGHTS", help="score captions with this CLIP too (e.g. ViT-B-32@openai)"
+    )
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=cmd_run)
 
@@ -235,7 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vqabench.plugins import PluginWarning
 
     default_format = warnings.formatwarning
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n" if issubclass(cat, PluginWarning) else default_format(msg, cat, *a, **k)
+    warnings.formatwarning = lambda msg, cat, *a, **k: (
+        f"warning: {msg}\n" if issubclass(cat, PluginWarning) else default_format(msg, cat, *a, **k)
+    )
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,9 @@ class ImageStore:
         self.images = torch.from_numpy(np.asarray(array)) if isinstance(array, np.ndarray) else array
 
     @classmethod
-    def build(cls, paths: Sequence[str], size: int, cache_dir: Path | None, revision: str, progress: bool = False) -> "ImageStore":
+    def build(
+        cls, paths: Sequence[str], size: int, cache_dir: Path | None, revision: str, progress: bool = False
+    ) -> ImageStore:
         """Decode and resize every image once; reuse the cached store when it exists."""
         paths = list(dict.fromkeys(paths))
         key = hashlib.sha256(f"{revision}|{size}|".encode() + "\n".join(paths).encode()).hexdigest()[:20]
@@ -60,7 +63,9 @@ class ImageStore:
 
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             results = pool.map(lambda p: _decode(p, size), paths, chunksize=64)
-            for i, img in enumerate(tqdm(results, total=len(paths), desc=f"decode {size}px", unit="img", disable=not progress)):
+            for i, img in enumerate(
+                tqdm(results, total=len(paths), desc=f"decode {size}px", unit="img", disable=not progress)
+            ):
                 out[i] = img
         if target is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -70,10 +75,10 @@ class ImageStore:
             os.replace(tmp, target)
         return cls(paths, out)
 
-    def to(self, device: torch.device) -> "ImageStore":
+    def to(self, device: torch.device) -> ImageStore:
         return ImageStore(self.paths, self.images.to(device))
 
-    def place(self, device: torch.device) -> "ImageStore":
+    def place(self, device: torch.device) -> ImageStore:
         """On the GPU when it takes under half its free memory (batches then never cross the bus)."""
         if device.type != "cuda":
             return self
@@ -188,8 +193,12 @@ class Batches:
             )
         images, feats = self._images([s.image for s in samples])
         if self.kind is TaskKind.ZEROSHOT:
-            return ImageBatch([s.id for s in samples], images, self._tensor([s.label for s in samples], torch.long), feats)
-        return CaptionBatch([s.id for s in samples], images, [list(s.captions) for s in samples], [s.domain for s in samples], feats)
+            return ImageBatch(
+                [s.id for s in samples], images, self._tensor([s.label for s in samples], torch.long), feats
+            )
+        return CaptionBatch(
+            [s.id for s in samples], images, [list(s.captions) for s in samples], [s.domain for s in samples], feats
+        )
 
 
 def image_paths(samples: Sequence[QASample | ImageSample | CaptionSample]) -> list[str]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -55,7 +56,9 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     state = load_file(str(path))
     missing = set(_trainable_state(model)) - set(state)
     if missing:
-        raise RuntimeError(f"checkpoint {path} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}); delete it to retrain")
+        raise RuntimeError(
+            f"checkpoint {path} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}); delete it to retrain"
+        )
     model.load_state_dict(state, strict=False)
 
 
@@ -96,7 +99,20 @@ class EpochStats:
     seconds: float
 
 
-def train_epoch(model: Any, batches: Any, opt: torch.optim.Optimizer, sched: Any, cfg: TrainConfig, device: torch.device, augment: Any = None, gen: torch.Generator | None = None, *, max_steps: int | None = None, desc: str = "train", progress: bool = False) -> EpochStats:
+def train_epoch(
+    model: Any,
+    batches: Any,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    cfg: TrainConfig,
+    device: torch.device,
+    augment: Any = None,
+    gen: torch.Generator | None = None,
+    *,
+    max_steps: int | None = None,
+    desc: str = "train",
+    progress: bool = False,
+) -> EpochStats:
     """One pass over ``batches`` (or ``max_steps`` of them): forward, backward, step; timed."""
     model.train()
     gen = gen if gen is not None else torch.Generator().manual_seed(0)
@@ -171,7 +187,18 @@ def fit(
         train_batches.epoch = start
 
     for epoch in range(start, cfg.epochs):
-        stats = train_epoch(model, train_batches, opt, sched, cfg, device, augment, gen, desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=progress)
+        stats = train_epoch(
+            model,
+            train_batches,
+            opt,
+            sched,
+            cfg,
+            device,
+            augment,
+            gen,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            progress=progress,
+        )
         seconds = stats.seconds
         result.train_seconds += seconds
         result.train_images += stats.images
@@ -195,10 +222,21 @@ def fit(
             save_weights(model, ckpt_dir / "best.safetensors")
         save_weights(model, last)
         tmp = trainer.with_name(".trainer.pt.tmp")
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen.get_state(), "result": result, "epoch": epoch + 1}, tmp)
+        torch.save(
+            {
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": gen.get_state(),
+                "result": result,
+                "epoch": epoch + 1,
+            },
+            tmp,
+        )
         os.replace(tmp, trainer)
         if progress:
-            tqdm.write(f"  epoch {epoch + 1}: loss {entry['train_loss']:.4f}  val {cfg.best_metric} {value:.4f}  ({seconds:.1f}s)")
+            tqdm.write(
+                f"  epoch {epoch + 1}: loss {entry['train_loss']:.4f}  val {cfg.best_metric} {value:.4f}  ({seconds:.1f}s)"
+            )
     if (ckpt_dir / "best.safetensors").exists():
         load_weights(model, ckpt_dir / "best.safetensors")
     return result

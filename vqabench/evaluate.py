@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -32,7 +33,15 @@ def autocast(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def predict(model: Any, batches: Iterable[Any], samples: Sequence[Any], kind: TaskKind, device: torch.device, precision: str = "auto", progress: Any = None) -> list[dict[str, Any]]:
+def predict(
+    model: Any,
+    batches: Iterable[Any],
+    samples: Sequence[Any],
+    kind: TaskKind,
+    device: torch.device,
+    precision: str = "auto",
+    progress: Any = None,
+) -> list[dict[str, Any]]:
     """One stored-prediction line per sample: its reference fields plus the model's prediction."""
     by_id = {s.id: s for s in samples}
     model.eval()
@@ -42,7 +51,9 @@ def predict(model: Any, batches: Iterable[Any], samples: Sequence[Any], kind: Ta
         with autocast(device, precision):
             preds = model.predict(batch)
         if len(preds) != len(batch.ids):
-            raise RuntimeError(f"{type(model).__name__}.predict returned {len(preds)} predictions for {len(batch.ids)} samples")
+            raise RuntimeError(
+                f"{type(model).__name__}.predict returned {len(preds)} predictions for {len(batch.ids)} samples"
+            )
         for sid, pred in zip(batch.ids, preds):
             lines.append({**_REFERENCE[kind](by_id[sid]), **pred})
         if progress is not None:
@@ -50,7 +61,14 @@ def predict(model: Any, batches: Iterable[Any], samples: Sequence[Any], kind: Ta
     return lines
 
 
-def score(kind: TaskKind, records: Sequence[dict[str, Any]], *, vqa_mode: str = "vqa", num_classes: int | None = None, spice: bool = False) -> dict[str, Any]:
+def score(
+    kind: TaskKind,
+    records: Sequence[dict[str, Any]],
+    *,
+    vqa_mode: str = "vqa",
+    num_classes: int | None = None,
+    spice: bool = False,
+) -> dict[str, Any]:
     """The task kind's metrics from stored prediction lines."""
     if not records:
         raise ValueError("no predictions to score")
@@ -70,7 +88,9 @@ def score_options(data: TaskData) -> dict[str, Any]:
     return {"vqa_mode": data.vqa_mode, "num_classes": len(data.class_names) if data.class_names else None}
 
 
-def clipscore(spec: str, samples: Sequence[Any], lines: Sequence[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+def clipscore(
+    spec: str, samples: Sequence[Any], lines: Sequence[dict[str, Any]], device: torch.device
+) -> dict[str, Any]:
     """CLIPScore and RefCLIPScore of generated captions with the CLIP named by ``ARCH@WEIGHTS``.
 
     ``WEIGHTS`` is an open_clip pretrained tag or a checkpoint file; ``ARCH`` may be the path of an
@@ -84,13 +104,17 @@ def clipscore(spec: str, samples: Sequence[Any], lines: Sequence[dict[str, Any]]
 
     arch, _, weights = spec.partition("@")
     if not arch or not weights:
-        raise ValueError(f"--clipscore {spec!r}: expected ARCH@WEIGHTS, e.g. ViT-B-32@openai or my-clip.json@my-clip.pt")
+        raise ValueError(
+            f"--clipscore {spec!r}: expected ARCH@WEIGHTS, e.g. ViT-B-32@openai or my-clip.json@my-clip.pt"
+        )
     if arch.endswith(".json"):
         open_clip.add_model_config(arch)
         arch = arch.rsplit("/", 1)[-1][: -len(".json")]
     model, tokenizer, mean, std, description = load_open_clip(arch, pretrained=True, checkpoint=weights)
     size = model.visual.image_size
-    preprocess = open_clip.image_transform(size if isinstance(size, int) else size[0], is_train=False, mean=mean, std=std)
+    preprocess = open_clip.image_transform(
+        size if isinstance(size, int) else size[0], is_train=False, mean=mean, std=std
+    )
     by_id = {s.id: s for s in samples}
     images = []
     for line in lines:

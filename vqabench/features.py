@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,10 +40,21 @@ class FeatureStore:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, stem: Stem, store: ImageStore, cache_dir: Path | None, revision: str, device: torch.device, precision: str = "auto", batch_size: int = 256) -> tuple["FeatureStore", bool]:
+    def build(
+        cls,
+        stem: Stem,
+        store: ImageStore,
+        cache_dir: Path | None,
+        revision: str,
+        device: torch.device,
+        precision: str = "auto",
+        batch_size: int = 256,
+    ) -> tuple[FeatureStore, bool]:
         """Load the cached features or compute them; returns (store, whether it was a cache hit)."""
         size = store.images.shape[-1]
-        key = hashlib.sha256(f"{stem.key}|{revision}|{size}|".encode() + "\n".join(store.paths).encode()).hexdigest()[:24]
+        key = hashlib.sha256(f"{stem.key}|{revision}|{size}|".encode() + "\n".join(store.paths).encode()).hexdigest()[
+            :24
+        ]
         target = cache_dir / "features" / f"{key}.npy" if cache_dir else None
         if target is not None and target.exists():
             arr = np.load(target, mmap_mode="c")
@@ -67,9 +79,15 @@ class FeatureStore:
 
 def clear(cache_dir: Path, what: str = "features") -> list[Path]:
     """Delete one part of the cache ("features", "images", "data" or "all"); return what went."""
-    parts = {"features": ["features"], "images": ["images"], "all": [p.name for p in cache_dir.iterdir()] if cache_dir.exists() else []}
+    parts = {
+        "features": ["features"],
+        "images": ["images"],
+        "all": [p.name for p in cache_dir.iterdir()] if cache_dir.exists() else [],
+    }
     if what == "data":
-        names = [p.name for p in cache_dir.iterdir() if p.name not in ("features", "images")] if cache_dir.exists() else []
+        names = (
+            [p.name for p in cache_dir.iterdir() if p.name not in ("features", "images")] if cache_dir.exists() else []
+        )
     elif what in parts:
         names = parts[what]
     else:
@@ -83,7 +101,16 @@ def clear(cache_dir: Path, what: str = "features") -> list[Path]:
     return removed
 
 
-def cache_for(model: Any, store: ImageStore, augment: list[str], cache_dir: Path | None, disabled: bool, revision: str, device: torch.device, precision: str) -> tuple[FeatureStore | None, dict[str, Any]]:
+def cache_for(
+    model: Any,
+    store: ImageStore,
+    augment: list[str],
+    cache_dir: Path | None,
+    disabled: bool,
+    revision: str,
+    device: torch.device,
+    precision: str,
+) -> tuple[FeatureStore | None, dict[str, Any]]:
     """The model's cached stem features when its stem is frozen and the input not augmented,
     with a note for the result record saying what was cached or why not."""
     stem = model.image_stem()

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import statistics
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -77,7 +78,7 @@ def load_thresholds(path: Path) -> list[Threshold]:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"{where}: {bound} must be a number, got {value!r}")
         if entry.get("relative_to") not in (None, "majority"):
-            raise ValueError(f"{where}: relative_to must be \"majority\"")
+            raise ValueError(f'{where}: relative_to must be "majority"')
         out.append(Threshold(**entry))
     if not out:
         raise ValueError(f"{path}: no [[check]] entries")
@@ -100,7 +101,14 @@ def check(thresholds: Sequence[Threshold], runs: Path) -> list[dict[str, Any]]:
     records = [r for _, r in iter_records(runs)]
     rows = []
     for t in thresholds:
-        matching = [r for r in records if r["dataset"] == t.dataset and r["kind"] == t.kind and r["model"] == t.model and (t.profile is None or r["profile"] == t.profile)]
+        matching = [
+            r
+            for r in records
+            if r["dataset"] == t.dataset
+            and r["kind"] == t.kind
+            and r["model"] == t.model
+            and (t.profile is None or r["profile"] == t.profile)
+        ]
         values = [v for v in (_value(r, t) for r in matching) if v is not None]
         if not values:
             status, value = ("MISSING" if not matching else "NO METRIC"), None
@@ -108,5 +116,14 @@ def check(thresholds: Sequence[Threshold], runs: Path) -> list[dict[str, Any]]:
             value = statistics.mean(values)
             ok = (t.min is None or value >= t.min) and (t.max is None or value <= t.max)
             status = "pass" if ok else "FAIL"
-        rows.append({"check": t.label, "value": None if value is None else round(value, 4), "min": t.min, "max": t.max, "seeds": len(values), "status": status})
+        rows.append(
+            {
+                "check": t.label,
+                "value": None if value is None else round(value, 4),
+                "min": t.min,
+                "max": t.max,
+                "seeds": len(values),
+                "status": status,
+            }
+        )
     return rows

@@ -7,7 +7,8 @@ Both baselines encode the image and the question separately, fuse the two featur
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +92,7 @@ class QuestionEncoder(nn.Module):
         table = torch.stack([found[q].to(device) for q in distinct])
         return table[index]
 
-    def _apply(self, fn: Any, recurse: bool = True) -> "QuestionEncoder":
+    def _apply(self, fn: Any, recurse: bool = True) -> QuestionEncoder:
         # Moving or casting the module invalidates memoised rows held on the old device or dtype.
         self._memo.clear()
         return super()._apply(fn, recurse)

@@ -33,6 +33,7 @@ def _collect(pm: pluggy.PluginManager, plugin: object, info: PluginInfo, registr
     for what, hook_name, names in hooks:
         impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin is plugin]
         for impl in impls:
+
             def register(spec, _what=what, _names=names):
                 staged.add(_what, spec, info.name)
                 _names.append(spec.name)
@@ -79,7 +80,9 @@ def load_plugins(extra: dict[str, object] | None = None) -> tuple[Registry, list
                 info.models.clear()
         if error:
             info.error = error
-            warnings.warn(f"vqabench plugin {info.name!r} ({info.distribution}) failed: {error}", PluginWarning, stacklevel=2)
+            warnings.warn(
+                f"vqabench plugin {info.name!r} ({info.distribution}) failed: {error}", PluginWarning, stacklevel=2
+            )
     return registry, infos
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from vqabench.tasks import TaskData, TaskKind
 
@@ -71,7 +72,7 @@ class ModelRef:
     tag: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "ModelRef":
+    def parse(cls, text: str) -> ModelRef:
         name, _, tag = text.strip().partition("@")
         if not name or (_ and not tag):
             raise ValueError(f"bad model reference {text!r}: expected NAME or NAME@TAG")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from vqabench import evaluate
 from vqabench.results import atomic_write_json, iter_records, read_jsonl
@@ -25,10 +25,14 @@ def rescore(runs: Path, spice: bool = False) -> Iterator[tuple[Path, bool]]:
             lines = read_jsonl(preds)
             final[split] = evaluate.score(kind, lines, **opts)
             # CLIPScore needs the images and the CLIP model of the run: kept as recorded.
-            final[split].update({k: v for k, v in record["final"][split].items() if k.startswith(("clipscore", "refclipscore"))})
+            final[split].update(
+                {k: v for k, v in record["final"][split].items() if k.startswith(("clipscore", "refclipscore"))}
+            )
             if split in record.get("baseline", {}):
                 answer = record["baseline"][split]["answer"]
-                base = evaluate.score(TaskKind.VQA, [{**ln, "answer": answer} for ln in lines], vqa_mode=opts.get("vqa_mode", "vqa"))
+                base = evaluate.score(
+                    TaskKind.VQA, [{**ln, "answer": answer} for ln in lines], vqa_mode=opts.get("vqa_mode", "vqa")
+                )
                 record["baseline"][split]["vqa_accuracy"] = base["vqa_accuracy"]
         changed = _norm(final) != _norm(record["final"])
         record["final"] = final

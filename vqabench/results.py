@@ -17,8 +17,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 SCHEMA_VERSION = 1
 
@@ -86,7 +87,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 try:
                     out.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg}); delete the file and rerun the cell") from None
+                    raise ValueError(
+                        f"{path}:{n}: not valid JSON ({exc.msg}); delete the file and rerun the cell"
+                    ) from None
     return out
 
 

@@ -7,9 +7,10 @@ import resource
 import sys
 import time
 import traceback
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -60,7 +61,11 @@ class Cell:
 
 def plan(registry: Registry, opts: RunOptions) -> tuple[list[Cell], list[tuple[str, str]]]:
     """Every compatible (model, task) cell, and the skipped pairs with their reasons."""
-    refs = [ModelRef(n) for n in sorted(registry.models)] if opts.models == ("all",) else [ModelRef.parse(m) for m in opts.models]
+    refs = (
+        [ModelRef(n) for n in sorted(registry.models)]
+        if opts.models == ("all",)
+        else [ModelRef.parse(m) for m in opts.models]
+    )
     tasks: list[tuple[DatasetSpec, TaskKind | None]] = []
     for t in opts.tasks:
         name, _, kind = t.partition("/")
@@ -69,12 +74,16 @@ def plan(registry: Registry, opts: RunOptions) -> tuple[list[Cell], list[tuple[s
     for ref in refs:
         spec = registry.model(ref.name)
         if ref.tag and ref.tag not in spec.tags:
-            raise ValueError(f"model {ref.name!r} has no weights tag {ref.tag!r}; it has: {', '.join(spec.tags) or 'none'}")
+            raise ValueError(
+                f"model {ref.name!r} has no weights tag {ref.tag!r}; it has: {', '.join(spec.tags) or 'none'}"
+            )
         for ds, only in tasks:
             for kind in [only] if only else list(ds.task_kinds):
                 label = f"{ref} x {ds.name}/{kind.value}"
                 if kind not in ds.task_kinds:
-                    raise ValueError(f"dataset {ds.name!r} has no task kind {kind.value!r}; it has: {', '.join(k.value for k in ds.task_kinds)}")
+                    raise ValueError(
+                        f"dataset {ds.name!r} has no task kind {kind.value!r}; it has: {', '.join(k.value for k in ds.task_kinds)}"
+                    )
                 if kind not in spec.task_kinds:
                     skipped.append((label, f"model supports {', '.join(k.value for k in spec.task_kinds)}"))
                 elif opts.profile in spec.skip_profiles:
@@ -87,7 +96,9 @@ def plan(registry: Registry, opts: RunOptions) -> tuple[list[Cell], list[tuple[s
 def augmentations(cell: Cell, data: TaskData, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """The recipe's augmentations this dataset allows, and the dropped ones with the reason."""
     unsafe = cell.dataset.unsafe_augmentations | data.unsafe_augmentations
-    return [a for a in names if a not in unsafe], {a: f"changes answers on {data.dataset}" for a in names if a in unsafe}
+    return [a for a in names if a not in unsafe], {
+        a: f"changes answers on {data.dataset}" for a in names if a in unsafe
+    }
 
 
 def build_model(cell: Cell, mcfg: Any, data: TaskData, device: torch.device, seed: int) -> tuple[Any, list[str]]:
@@ -104,14 +115,26 @@ def build_model(cell: Cell, mcfg: Any, data: TaskData, device: torch.device, see
 
 def resolve(cell: Cell, opts: RunOptions) -> tuple[Any, Any]:
     """The model and dataset configs: defaults, then profile, weights tag and user overrides."""
-    mcfg = apply_overrides(cell.model.config_cls(), cell.model.profiles.get(opts.profile, {}), where=f"model {cell.ref} profile {opts.profile}")
+    mcfg = apply_overrides(
+        cell.model.config_cls(),
+        cell.model.profiles.get(opts.profile, {}),
+        where=f"model {cell.ref} profile {opts.profile}",
+    )
     if cell.ref.tag:
         mcfg = apply_overrides(mcfg, cell.model.tags[cell.ref.tag], where=f"model {cell.ref}")
     # "--set KEY=V" applies to every model, "--set NAME:KEY=V" to model NAME only.
-    mine = {k.partition(":")[2]: v for k, v in opts.model_overrides.items() if k.partition(":")[0] == cell.ref.name and ":" in k}
+    mine = {
+        k.partition(":")[2]: v
+        for k, v in opts.model_overrides.items()
+        if k.partition(":")[0] == cell.ref.name and ":" in k
+    }
     shared = {k: v for k, v in opts.model_overrides.items() if ":" not in k}
     mcfg = apply_overrides(mcfg, {**shared, **mine}, where=f"model {cell.ref} (--set)")
-    dcfg = apply_overrides(cell.dataset.config_cls(), cell.dataset.profiles.get(opts.profile, {}), where=f"dataset {cell.dataset.name} profile {opts.profile}")
+    dcfg = apply_overrides(
+        cell.dataset.config_cls(),
+        cell.dataset.profiles.get(opts.profile, {}),
+        where=f"dataset {cell.dataset.name} profile {opts.profile}",
+    )
     dcfg = apply_overrides(dcfg, opts.data_overrides, where=f"dataset {cell.dataset.name} (--data)")
     return mcfg, dcfg
 
@@ -138,7 +161,9 @@ def run(registry: Registry, infos: list[PluginInfo], opts: RunOptions) -> Ledger
     scoped = {k.partition(":")[0] for k in opts.model_overrides if ":" in k}
     if scoped - {c.ref.name for c in cells}:
         name = sorted(scoped - {c.ref.name for c in cells})[0]
-        raise ValueError(f"--set {name}:...: no planned model is called {name!r}{did_you_mean(name, {c.ref.name for c in cells})}")
+        raise ValueError(
+            f"--set {name}:...: no planned model is called {name!r}{did_you_mean(name, {c.ref.name for c in cells})}"
+        )
     ledger = Ledger(opts.out)
     for label, reason in skipped:
         ledger.set(f"{label.replace(' x ', '|')}|{opts.profile}|seed{opts.seed}", "skipped", reason=reason)
@@ -157,11 +182,27 @@ def run(registry: Registry, infos: list[PluginInfo], opts: RunOptions) -> Ledger
     return ledger
 
 
-def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[PluginInfo], data_cache: dict) -> tuple[str, dict]:
+def run_cell(
+    cell: Cell, opts: RunOptions, registry: Registry, infos: list[PluginInfo], data_cache: dict
+) -> tuple[str, dict]:
     mcfg, dcfg = resolve(cell, opts)
-    chash = config_hash({"model": str(cell.ref), "kind": cell.kind.value, "mcfg": mcfg, "dcfg": dcfg, "profile": opts.profile, "seed": opts.seed, "limit": opts.limit})
+    chash = config_hash(
+        {
+            "model": str(cell.ref),
+            "kind": cell.kind.value,
+            "mcfg": mcfg,
+            "dcfg": dcfg,
+            "profile": opts.profile,
+            "seed": opts.seed,
+            "limit": opts.limit,
+        }
+    )
     where = cell_dir(opts.out, cell.dataset.name, cell.kind.value, str(cell.ref), opts.profile, opts.seed)
-    if (where / "record.json").exists() and not opts.force and read_record(where / "record.json")["config_hash"] == chash:
+    if (
+        (where / "record.json").exists()
+        and not opts.force
+        and read_record(where / "record.json")["config_hash"] == chash
+    ):
         return "done", {"record": str(where / "record.json"), "reason": "already done (same config hash)"}
     ckpt = where / "ckpt"
     if (ckpt / "config_hash").exists() and (ckpt / "config_hash").read_text() != chash or opts.force:
@@ -175,20 +216,38 @@ def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[Plugi
     if dkey not in data_cache:
         data_cache[dkey] = cell.dataset.load(dcfg, cell.kind, opts.cache_dir)
     data = data_cache[dkey]
-    splits = {s: limit_samples(v, opts.limit, opts.seed) for s, v in data.splits.items() if s in ("train", *mcfg.train.eval_splits)}
+    splits = {
+        s: limit_samples(v, opts.limit, opts.seed)
+        for s, v in data.splits.items()
+        if s in ("train", *mcfg.train.eval_splits)
+    }
 
     # Model, images and augmentations.
     device = pick_device(opts.device)
     model, compiled = build_model(cell, mcfg, data, device, opts.seed)
-    store = ImageStore.build([s.image for v in splits.values() for s in v], model.image_size, opts.cache_dir, data.revision, opts.progress)
+    store = ImageStore.build(
+        [s.image for v in splits.values() for s in v], model.image_size, opts.cache_dir, data.revision, opts.progress
+    )
     store = store.place(device)
     answer_index = {a: i for i, a in enumerate(data.answer_vocab or [])}
 
     used, disabled = augmentations(cell, data, mcfg.train.augment)
-    features, cached = cache_for(model, store, used, opts.cache_dir, opts.no_cache, data.revision, device, mcfg.train.precision)
+    features, cached = cache_for(
+        model, store, used, opts.cache_dir, opts.no_cache, data.revision, device, mcfg.train.precision
+    )
 
     def batches(split: str, shuffle: bool) -> Batches:
-        return Batches(cell.kind, splits[split], store, mcfg.train.batch_size, shuffle, opts.seed, answer_index, features, device=device)
+        return Batches(
+            cell.kind,
+            splits[split],
+            store,
+            mcfg.train.batch_size,
+            shuffle,
+            opts.seed,
+            answer_index,
+            features,
+            device=device,
+        )
 
     score_opts = evaluate.score_options(data)
 
@@ -200,7 +259,17 @@ def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[Plugi
     t0 = time.perf_counter()
     result = None
     if getattr(model, "trains", True):
-        result = fit(model, batches("train", True), validate, mcfg.train, device, ckpt, augment=augment_lib.build(used), seed=opts.seed, progress=opts.progress)
+        result = fit(
+            model,
+            batches("train", True),
+            validate,
+            mcfg.train,
+            device,
+            ckpt,
+            augment=augment_lib.build(used),
+            seed=opts.seed,
+            progress=opts.progress,
+        )
     final, baseline, infer_rate = {}, {}, {}
     for split in mcfg.train.eval_splits:
         t1 = time.perf_counter()
@@ -217,34 +286,59 @@ def run_cell(cell: Cell, opts: RunOptions, registry: Registry, infos: list[Plugi
     total = time.perf_counter() - t0
 
     trainable, n_total = count_parameters(model)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     record = {
         "schema": SCHEMA_VERSION,
-        "model": str(cell.ref), "display_name": cell.model.display_name, "family": cell.model.family,
-        "dataset": cell.dataset.name, "kind": cell.kind.value, "profile": opts.profile, "seed": opts.seed,
+        "model": str(cell.ref),
+        "display_name": cell.model.display_name,
+        "family": cell.model.family,
+        "dataset": cell.dataset.name,
+        "kind": cell.kind.value,
+        "profile": opts.profile,
+        "seed": opts.seed,
         "config": {"model": to_jsonable(mcfg), "dataset": to_jsonable(dcfg), "score": score_opts},
-        "config_hash": chash, "weights": model.weights,
-        "partial": opts.limit is not None, "limit": opts.limit,
+        "config_hash": chash,
+        "weights": model.weights,
+        "partial": opts.limit is not None,
+        "limit": opts.limit,
         "sample_ids": {s: [x.id for x in v] for s, v in splits.items()} if opts.limit is not None else None,
         "augmentations": {"used": used, "disabled": disabled},
         "cached": cached,
         "compiled": compiled,
         "params": {"trainable": trainable, "total": n_total},
-        "history": result.history if result else [], "step_losses": result.step_losses if result else [],
-        "best_epoch": result.best_epoch if result else None, "resumed_from_epoch": result.resumed_from if result else 0,
-        "final": final, "baseline": baseline,
+        "history": result.history if result else [],
+        "step_losses": result.step_losses if result else [],
+        "best_epoch": result.best_epoch if result else None,
+        "resumed_from_epoch": result.resumed_from if result else 0,
+        "final": final,
+        "baseline": baseline,
         "timing": {
             "epoch_seconds": [h["seconds"] for h in result.history] if result else [],
-            "train_seconds": result.train_seconds if result else 0.0, "total_seconds": total,
-            "train_images_per_second": result.train_images / result.train_seconds if result and result.train_seconds else None,
-            "train_samples_per_second": result.train_samples / result.train_seconds if result and result.train_seconds else None,
+            "train_seconds": result.train_seconds if result else 0.0,
+            "total_seconds": total,
+            "train_images_per_second": result.train_images / result.train_seconds
+            if result and result.train_seconds
+            else None,
+            "train_samples_per_second": result.train_samples / result.train_seconds
+            if result and result.train_seconds
+            else None,
             "inference_samples_per_second": infer_rate,
         },
-        "memory": {"peak_bytes": peak, "measured": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"},
+        "memory": {
+            "peak_bytes": peak,
+            "measured": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
+        },
         "device": device_name(device),
         "versions": {
-            "python": platform.python_version(), "torch": torch.__version__, "vqabench": vqabench.__version__,
-            "model_plugin": _plugin(registry, infos, "model", cell.ref.name), "dataset_plugin": _plugin(registry, infos, "dataset", cell.dataset.name),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "vqabench": vqabench.__version__,
+            "model_plugin": _plugin(registry, infos, "model", cell.ref.name),
+            "dataset_plugin": _plugin(registry, infos, "dataset", cell.dataset.name),
         },
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -8,7 +8,7 @@ caching host allocator keeps a pinned block alive until its copy has finished.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vqabench_plugins.mini_clevr.config import UNSAFE_AUGMENTATIONS, MiniClevrConfig
+
 from vqabench.hookspecs import hookimpl
 from vqabench.registry import DatasetSpec
 from vqabench.tasks import TaskData, TaskKind
-
-from vqabench_plugins.mini_clevr.config import UNSAFE_AUGMENTATIONS, MiniClevrConfig
 
 # Small images and an eighth of the data: about 4k questions, generated in a second or two.
 QUICK = {"images": 1000, "image_size": 64, "zeroshot_per_class": 10}

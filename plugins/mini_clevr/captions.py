@@ -5,10 +5,10 @@ domains share them."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-
 from vqabench_plugins.mini_clevr.config import COLORS
 
 Objects = Sequence[dict[str, Any]]

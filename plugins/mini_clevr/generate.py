@@ -17,13 +17,13 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
-
 from vqabench_plugins.mini_clevr import manifest, zeroshot
 from vqabench_plugins.mini_clevr.captions import make_captions
 from vqabench_plugins.mini_clevr.config import (
@@ -205,6 +205,7 @@ class _Tables:
 
 def _meta(config: MiniClevrConfig, tables: _Tables) -> dict[str, Any]:
     """meta.json: generator, options, drawing constants and what each split holds."""
+
     def lines(table: str, split: str) -> int:
         return tables.lines[f"{table}/{split}.jsonl"]
 

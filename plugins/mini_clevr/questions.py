@@ -14,12 +14,12 @@ attributes that do so; when it names none the answer is "unanswerable" (answerab
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from itertools import combinations, product
 from operator import itemgetter
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
 from vqabench_plugins.mini_clevr.config import COLORS, SHAPES, SIZES, UNANSWERABLE, MiniClevrConfig
 
 Objects = Sequence[dict[str, Any]]

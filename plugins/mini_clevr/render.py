@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-
 from vqabench_plugins.mini_clevr.config import BACKGROUND, COLORS, SIDES
 
 RGB = tuple[int, int, int]

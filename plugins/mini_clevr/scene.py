@@ -9,10 +9,10 @@ only these fields, so a stored scene re-renders to the same pixels.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-
 from vqabench_plugins.mini_clevr.config import COLORS, SHAPES, SIZES, MiniClevrConfig
 
 Scene = list[dict[str, Any]]

@@ -8,18 +8,19 @@ name). Every malformed line or dangling image reference is an error naming the f
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from vqabench_plugins.mini_clevr.config import UNANSWERABLE, UNSAFE_AUGMENTATIONS, MiniClevrConfig
+from vqabench_plugins.mini_clevr.generate import SPLITS, TARGET
+from vqabench_plugins.mini_clevr.manifest import DatasetError, fix_hint
+from vqabench_plugins.mini_clevr.store import ensure, read_meta
 
 from vqabench.tasks import TaskData, TaskKind
 from vqabench.tasks.captioning import CaptionSample
 from vqabench.tasks.qa import QASample
 from vqabench.tasks.zeroshot import ImageSample
-
-from vqabench_plugins.mini_clevr.config import UNSAFE_AUGMENTATIONS, UNANSWERABLE, MiniClevrConfig
-from vqabench_plugins.mini_clevr.generate import SPLITS, TARGET
-from vqabench_plugins.mini_clevr.manifest import DatasetError, fix_hint
-from vqabench_plugins.mini_clevr.store import ensure, read_meta
 
 NAME = "mini-clevr"
 

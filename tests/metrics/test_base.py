@@ -13,7 +13,16 @@ from vqabench.metrics.zeroshot import zero_shot_metrics
 # Keys the metric functions return that are breakdowns or metadata, not scalar metrics.
 NON_METRIC_KEYS = {"per_question_type", "per_answer_type", "coverage", "risk_accuracy", "answer", "clipscore_model"}
 CAPTION_AND_CLIP_KEYS = {
-    "bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "spice", "clipscore", "refclipscore",
+    "bleu_1",
+    "bleu_2",
+    "bleu_3",
+    "bleu_4",
+    "meteor",
+    "rouge_l",
+    "cider",
+    "spice",
+    "clipscore",
+    "refclipscore",
 }
 
 

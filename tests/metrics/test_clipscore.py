@@ -81,13 +81,15 @@ def test_clip_scorer_matches_the_pure_functions_on_prefixed_captions(tiny_clip):
     with torch.no_grad():
         image_feats = model.encode_image(torch.stack([preprocess(im) for im in images])).numpy()
         caption_feats = model.encode_text(tokenizer(["A photo depicts " + c for c in captions])).numpy()
-        ref_feats = [model.encode_text(tokenizer(["A photo depicts " + r for r in refs])).numpy()
-                     for refs in references]
+        ref_feats = [
+            model.encode_text(tokenizer(["A photo depicts " + r for r in refs])).numpy() for refs in references
+        ]
     assert set(result) == {"clipscore", "refclipscore", "clipscore_model"}
     assert result["clipscore_model"] == "tiny-test"
     assert result["clipscore"] == pytest.approx(float(np.mean(clip_score(image_feats, caption_feats))), rel=1e-5)
     assert result["refclipscore"] == pytest.approx(
-        float(np.mean(ref_clip_score(image_feats, caption_feats, ref_feats))), rel=1e-5)
+        float(np.mean(ref_clip_score(image_feats, caption_feats, ref_feats))), rel=1e-5
+    )
 
 
 def test_clip_scorer_batching_does_not_change_the_score(tiny_clip):

@@ -83,8 +83,7 @@ def test_single_reference_is_exact_match_after_normalisation():
 
 def _official_vqa_score(prediction, answers, normalize):
     # Transcription of the master vqaEval.py loop: answers are dicts, compared by identity of content.
-    gts = [{"answer": a.replace("\n", " ").replace("\t", " ").strip(), "answer_id": i}
-           for i, a in enumerate(answers)]
+    gts = [{"answer": a.replace("\n", " ").replace("\t", " ").strip(), "answer_id": i} for i, a in enumerate(answers)]
     res = prediction.replace("\n", " ").replace("\t", " ").strip()
     if len(set(g["answer"] for g in gts)) > 1:
         for g in gts:
@@ -111,13 +110,14 @@ def test_vqa_score_matches_a_transcription_of_the_official_loop():
 def test_vqa_accuracy_per_type_averages_by_hand():
     predictions = ["yes", "no", "2", "red"]
     answers = [
-        ["yes"] * 10,             # 1.0
+        ["yes"] * 10,  # 1.0
         ["yes"] * 8 + ["no"] * 2,  # 0.6
-        ["2"] * 3 + ["3"] * 7,     # 0.9
-        ["blue"] * 10,            # 0.0
+        ["2"] * 3 + ["3"] * 7,  # 0.9
+        ["blue"] * 10,  # 0.0
     ]
     result = vqa_accuracy(
-        predictions, answers,
+        predictions,
+        answers,
         question_types=["is the", "is the", "how many", "what color"],
         answer_types=["yes/no", "yes/no", "number", "other"],
     )

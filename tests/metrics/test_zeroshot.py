@@ -7,12 +7,15 @@ from sklearn.metrics import balanced_accuracy_score
 
 from vqabench.metrics.zeroshot import class_embeddings, zero_shot_logits, zero_shot_metrics
 
-LOGITS = np.array([
-    [3, 1, 2, 0, 0, 0],  # label 0: top-1 hit
-    [0, 5, 1, 0, 0, 0],  # label 2: second, a top-5 hit only
-    [1, 2, 3, 4, 5, 6],  # label 0: last, missed
-    [6, 5, 4, 3, 2, 1],  # label 5: last, missed
-], dtype=float)
+LOGITS = np.array(
+    [
+        [3, 1, 2, 0, 0, 0],  # label 0: top-1 hit
+        [0, 5, 1, 0, 0, 0],  # label 2: second, a top-5 hit only
+        [1, 2, 3, 4, 5, 6],  # label 0: last, missed
+        [6, 5, 4, 3, 2, 1],  # label 5: last, missed
+    ],
+    dtype=float,
+)
 LABELS = [0, 2, 0, 5]
 
 

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import MINI_CLEVR_ANSWERS, TINY_CLIP, check_gradients, isolate_caches, make_batch, train_steps, vocab
+from vqabench_plugins import clip_lora
+from vqabench_plugins.clip_lora import CLIPLoRAConfig, add_lora, build_clip_lora
 
-from helpers import MINI_CLEVR_ANSWERS, check_gradients, train_steps, make_batch, vocab, TINY_CLIP, isolate_caches
 from vqabench.config import apply_overrides
 from vqabench.model import compile_methods
 from vqabench.registry import ModelSpec
 from vqabench.tasks import TaskData, TaskKind
-from vqabench.tasks.qa import QABatch
 from vqabench.weights import WeightsUnavailable, load_open_clip
-from vqabench_plugins import clip_lora
-from vqabench_plugins.clip_lora import CLIPLoRAConfig, add_lora, build_clip_lora
 
 # The tiny CLIP has blocks 0-1: adapt both, as blocks 10-11 are adapted in ViT-B/32.
 TINY = {"model_cfg": TINY_CLIP, "lora_blocks": (0, 1)}
@@ -53,9 +52,20 @@ def test_registers_clip_lora_for_vqa():
 
 def test_defaults_are_report_000():
     cfg = CLIPLoRAConfig()
-    assert (cfg.arch, cfg.checkpoint, cfg.lora_r, cfg.lora_alpha, cfg.lora_blocks) == ("ViT-B-32", "openai", 8, 32, (10, 11))
+    assert (cfg.arch, cfg.checkpoint, cfg.lora_r, cfg.lora_alpha, cfg.lora_blocks) == (
+        "ViT-B-32",
+        "openai",
+        8,
+        32,
+        (10, 11),
+    )
     assert cfg.lora_targets == ("attn.out_proj", "mlp.c_fc", "mlp.c_proj") and not cfg.lora_text
-    assert (cfg.train.lrs["lora"], cfg.train.lrs["head"], cfg.train.batch_size, cfg.train.epochs) == (2e-4, 1e-3, 128, 15)
+    assert (cfg.train.lrs["lora"], cfg.train.lrs["head"], cfg.train.batch_size, cfg.train.epochs) == (
+        2e-4,
+        1e-3,
+        128,
+        15,
+    )
     assert cfg.train.augment == ()
     q = quick()
     assert (q.pretrained, q.train.batch_size) == (False, 64)
@@ -112,7 +122,9 @@ def test_lora_around_multihead_attention_out_proj_would_get_no_gradient():
     from peft import LoraConfig, inject_adapter_in_model
 
     clip, tokenizer, mean, std, _ = load_open_clip("ViT-B-32", pretrained=False, model_cfg=TINY_CLIP)
-    inject_adapter_in_model(LoraConfig(r=4, target_modules=r"visual\.transformer\.resblocks\.1\.(attn\.out_proj|mlp\.c_fc)"), clip)
+    inject_adapter_in_model(
+        LoraConfig(r=4, target_modules=r"visual\.transformer\.resblocks\.1\.(attn\.out_proj|mlp\.c_fc)"), clip
+    )
     for name, p in clip.named_parameters():
         if "lora_A" in name:
             torch.nn.init.normal_(p)
@@ -125,7 +137,11 @@ def test_lora_around_multihead_attention_out_proj_would_get_no_gradient():
 
 
 def test_adapting_missing_blocks_is_an_error():
-    clip, *_ = load_open_clip("ViT-B-32", pretrained=False, model_cfg={**TINY_CLIP, "vision_cfg": {**TINY_CLIP["vision_cfg"], "block_type": "custom"}})
+    clip, *_ = load_open_clip(
+        "ViT-B-32",
+        pretrained=False,
+        model_cfg={**TINY_CLIP, "vision_cfg": {**TINY_CLIP["vision_cfg"], "block_type": "custom"}},
+    )
     with pytest.raises(ValueError, match="blocks 0-1"):
         add_lora(clip, CLIPLoRAConfig(model_cfg=TINY_CLIP))
 
@@ -142,7 +158,10 @@ def test_quick_trains_both_random_towers_whole_without_lora():
     assert not lora_parameters(model)
     assert set(model.param_groups()) == {"head", "backbone"}
     assert all(p.requires_grad for p in model.parameters())
-    assert model.weights == "random init (ViT-B-32, custom config), both towers trained whole, no LoRA" and model.image_size == 64
+    assert (
+        model.weights == "random init (ViT-B-32, custom config), both towers trained whole, no LoRA"
+        and model.image_size == 64
+    )
     assert model.image_stem() is None
     check_gradients(model, make_batch(64, MINI_CLEVR_ANSWERS))
 
@@ -159,7 +178,9 @@ def test_each_image_is_encoded_once_per_step():
 
 
 def test_cached_stem_features_give_the_same_predictions():
-    cfg = CLIPLoRAConfig(model_cfg={**TINY_CLIP, "vision_cfg": {**TINY_CLIP["vision_cfg"], "layers": 3}}, lora_blocks=(2,))
+    cfg = CLIPLoRAConfig(
+        model_cfg={**TINY_CLIP, "vision_cfg": {**TINY_CLIP["vision_cfg"], "layers": 3}}, lora_blocks=(2,)
+    )
     model = build_clip_lora(cfg, vocab(4), load_weights=False).eval()
     for p in lora_parameters(model).values():
         torch.nn.init.normal_(p, std=0.1)  # a trained adapter, so that the back half matters
@@ -171,7 +192,9 @@ def test_cached_stem_features_give_the_same_predictions():
         batch.image_features = stem.encode(batch.images)
         assert batch.image_features.shape == (2, 17, 32)  # class token + 4 x 4 patches
         assert torch.allclose(model(batch), direct, atol=1e-5)
-        assert torch.allclose(model._back(model._front(batch.images)), model.visual(model.normalize(batch.images)), atol=1e-5)
+        assert torch.allclose(
+            model._back(model._front(batch.images)), model.visual(model.normalize(batch.images)), atol=1e-5
+        )
 
 
 def test_a_few_steps_on_a_fixed_batch_reduce_the_loss():
@@ -194,7 +217,9 @@ def test_compiled_image_path_trains_like_the_eager_one():
     counters.clear()
     assert compile_methods(compiled) == ["_front", "_back"]
     batch = make_batch(32, 6)
-    assert train_steps(compiled, batch, lr=2e-3, steps=3) == pytest.approx(train_steps(eager, batch, lr=2e-3, steps=3), rel=1e-4)
+    assert train_steps(compiled, batch, lr=2e-3, steps=3) == pytest.approx(
+        train_steps(eager, batch, lr=2e-3, steps=3), rel=1e-4
+    )
     assert counters["stats"]["unique_graphs"] >= 2  # both methods really ran compiled
     assert compiled.state_dict().keys() == eager.state_dict().keys()
 
@@ -227,5 +252,12 @@ def test_local_checkpoint_loads_into_the_adapted_model(tmp_path):
     assert model.weights == "ViT-B-32 (tiny-clip.pt), LoRA"
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():  # LoRA B starts at zero: the adapted towers compute what the checkpoint does
-        torch.testing.assert_close(model.visual(model.normalize(images)), source.encode_image(model.normalize(images)), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(model.question_encoder(["what color?"]), source.encode_text(tokenizer(["what color?"])), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model.visual(model.normalize(images)), source.encode_image(model.normalize(images)), rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(
+            model.question_encoder(["what color?"]),
+            source.encode_text(tokenizer(["what color?"])),
+            rtol=1e-5,
+            atol=1e-5,
+        )

@@ -7,15 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    MINI_CLEVR_ANSWERS,
+    check_gradients,
+    isolate_caches,
+    make_batch,
+    save_tiny_sentence_transformer,
+    train_steps,
+    vocab,
+)
+from vqabench_plugins import resnet_sbert
+from vqabench_plugins.resnet_sbert import ResNetSBERTConfig, ResNetSBERTLayer4Config, build_resnet_sbert
 
-from helpers import MINI_CLEVR_ANSWERS, check_gradients, train_steps, make_batch, vocab, isolate_caches, save_tiny_sentence_transformer
 from vqabench.config import apply_overrides
 from vqabench.registry import ModelSpec
 from vqabench.tasks import TaskData, TaskKind
-from vqabench.tasks.qa import QABatch
 from vqabench.weights import WeightsUnavailable
-from vqabench_plugins import resnet_sbert
-from vqabench_plugins.resnet_sbert import ResNetSBERTConfig, ResNetSBERTLayer4Config, build_resnet_sbert
 
 NARROW = {"image_encoder": "resnet18", "image_encoder_kwargs": {"channels": (8, 16, 32, 64), "stem_width": 8}}
 
@@ -62,7 +69,10 @@ def test_registers_frozen_and_layer4_variants_for_vqa():
 def test_defaults_are_report_000():
     cfg = ResNetSBERTConfig()
     assert (cfg.image_encoder, cfg.text_encoder, cfg.pretrained, cfg.hidden) == (
-        "resnet18.tv_in1k", "sentence-transformers/all-mpnet-base-v2", True, 512
+        "resnet18.tv_in1k",
+        "sentence-transformers/all-mpnet-base-v2",
+        True,
+        512,
     )
     train = cfg.train
     assert (train.epochs, train.batch_size, train.warmup_epochs, train.label_smoothing) == (15, 128, 2.0, 0.05)
@@ -84,8 +94,11 @@ def head_count(answers: int) -> int:
 
 # ResNet-18 layer4: two BasicBlocks 256 -> 512 (3x3 convs, no bias), BatchNorm weight + bias each.
 LAYER4 = (
-    (256 * 512 * 9 + 2 * 512) + (512 * 512 * 9 + 2 * 512) + (256 * 512 + 2 * 512)  # block 1, with downsample
-    + (512 * 512 * 9 + 2 * 512) + (512 * 512 * 9 + 2 * 512)  # block 2
+    (256 * 512 * 9 + 2 * 512)
+    + (512 * 512 * 9 + 2 * 512)
+    + (256 * 512 + 2 * 512)  # block 1, with downsample
+    + (512 * 512 * 9 + 2 * 512)
+    + (512 * 512 * 9 + 2 * 512)  # block 2
 )
 
 
@@ -192,9 +205,13 @@ def test_local_image_checkpoint_is_used_and_named(tmp_path, sbert768):
     torch.manual_seed(0)
     source = timm.create_model("resnet18", num_classes=1000, **NARROW["image_encoder_kwargs"]).eval()
     save_file(source.state_dict(), str(tmp_path / "resnet18-narrow.safetensors"))
-    cfg = ResNetSBERTConfig(**NARROW, image_checkpoint=str(tmp_path / "resnet18-narrow.safetensors"), text_encoder=sbert768)
+    cfg = ResNetSBERTConfig(
+        **NARROW, image_checkpoint=str(tmp_path / "resnet18-narrow.safetensors"), text_encoder=sbert768
+    )
     model = build_resnet_sbert(cfg, vocab(3)).eval()
-    assert model.weights == "resnet18 (resnet18-narrow.safetensors); text sbert768, frozen".replace("sbert768", Path(sbert768).name)
+    assert model.weights == "resnet18 (resnet18-narrow.safetensors); text sbert768, frozen".replace(
+        "sbert768", Path(sbert768).name
+    )
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model.image_encoder(x), source.forward_head(source.forward_features(x), pre_logits=True))

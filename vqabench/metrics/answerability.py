@@ -22,9 +22,7 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 _THRESHOLD = 0.5
 
 
-def answerability_metrics(
-    answerable: Sequence[bool], answerable_score: Sequence[float]
-) -> dict[str, float]:
+def answerability_metrics(answerable: Sequence[bool], answerable_score: Sequence[float]) -> dict[str, float]:
     """Return {"ap_unanswerable", "accuracy", "f1_unanswerable", "auroc"} with unanswerable positive.
 
     AP and AUROC are NaN when they are undefined: AP without any unanswerable question,
@@ -33,9 +31,7 @@ def answerability_metrics(
     if len(answerable) == 0:
         raise ValueError("answerable must not be empty")
     if len(answerable_score) != len(answerable):
-        raise ValueError(
-            f"answerable_score has {len(answerable_score)} items "
-            f"but answerable has {len(answerable)}")
+        raise ValueError(f"answerable_score has {len(answerable_score)} items but answerable has {len(answerable)}")
     y = 1 - np.asarray(answerable, dtype=int)
     score = 1.0 - np.asarray(answerable_score, dtype=float)
     if not np.all(np.isfinite(score)):
@@ -51,9 +47,7 @@ def answerability_metrics(
     }
 
 
-def risk_coverage(
-    scores: Sequence[float], confidence: Sequence[float], points: int = 20
-) -> dict[str, Any]:
+def risk_coverage(scores: Sequence[float], confidence: Sequence[float], points: int = 20) -> dict[str, Any]:
     """Return {"coverage", "risk_accuracy", "aurc"}: accuracy of the most confident fraction per coverage.
 
     ``coverage`` holds the realised fractions n_k / N, ``risk_accuracy`` the mean of ``scores``
@@ -62,8 +56,7 @@ def risk_coverage(
     if len(scores) == 0:
         raise ValueError("scores must not be empty")
     if len(confidence) != len(scores):
-        raise ValueError(
-            f"confidence has {len(confidence)} items but scores has {len(scores)}")
+        raise ValueError(f"confidence has {len(confidence)} items but scores has {len(scores)}")
     if points < 1:
         raise ValueError(f"points must be at least 1, got {points}")
     n = len(scores)

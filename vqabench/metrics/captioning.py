@@ -25,8 +25,8 @@ _CORENLP_JAR = Path(_spice_models.SPICEDIR) / _spice_models.SPICELIB / f"{_spice
 
 _SPICE_HELP = (
     f"SPICE needs the Stanford CoreNLP 3.6.0 jars in {_CORENLP_JAR.parent} (fetch them once, "
-    "with network access, by running `python -c \"from pycocoevalcap.spice.get_stanford_models "
-    "import get_stanford_models; get_stanford_models()\"`) and Java 8 as `java` on PATH. "
+    'with network access, by running `python -c "from pycocoevalcap.spice.get_stanford_models '
+    'import get_stanford_models; get_stanford_models()"`) and Java 8 as `java` on PATH. '
     "Without them, run caption_metrics(..., spice=False), the default, to get BLEU, METEOR, "
     "ROUGE-L and CIDEr."
 )
@@ -36,12 +36,11 @@ def _require_java() -> None:
     if shutil.which("java") is None:
         raise RuntimeError(
             "caption metrics need Java on PATH: pycocoevalcap's PTB tokenizer and METEOR are "
-            "Java programs. Install a JRE (e.g. `apt-get install default-jre-headless`).")
+            "Java programs. Install a JRE (e.g. `apt-get install default-jre-headless`)."
+        )
 
 
-def _check_inputs(
-    predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]
-) -> None:
+def _check_inputs(predictions: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]) -> None:
     if len(predictions) == 0:
         raise ValueError("predictions must not be empty")
     if set(predictions) != set(references):
@@ -49,7 +48,8 @@ def _check_inputs(
         extra = sorted(map(str, set(references) - set(predictions)))[:5]
         raise ValueError(
             "references must have exactly the ids of predictions "
-            f"(ids without references: {missing}; references without prediction: {extra})")
+            f"(ids without references: {missing}; references without prediction: {extra})"
+        )
     for key, refs in references.items():
         if isinstance(refs, str) or len(refs) == 0:
             raise ValueError(f"references[{key!r}] must be a non-empty sequence of strings")

@@ -22,7 +22,8 @@ def weighted_prf(y_true: Sequence[Hashable], y_pred: Sequence[Hashable]) -> dict
     """Return support-weighted precision, recall and F1 over classes (scikit-learn, zero_division=0)."""
     _check_pair(y_true, y_pred)
     precision, recall, f1, _ = precision_recall_fscore_support(
-        list(y_true), list(y_pred), average="weighted", zero_division=0)
+        list(y_true), list(y_pred), average="weighted", zero_division=0
+    )
     return {
         "weighted_precision": float(precision),
         "weighted_recall": float(recall),

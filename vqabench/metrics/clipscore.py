@@ -36,8 +36,7 @@ def clip_score(image_features: Any, caption_features: Any, w: float = W) -> np.n
     images = _as_matrix("image_features", image_features)
     captions = _as_matrix("caption_features", caption_features)
     if images.shape != captions.shape:
-        raise ValueError(
-            f"caption_features has shape {captions.shape} but image_features has {images.shape}")
+        raise ValueError(f"caption_features has shape {captions.shape} but image_features has {images.shape}")
     cosine = np.sum(_normalize_rows(images) * _normalize_rows(captions), axis=1)
     return w * np.clip(cosine, 0, None)
 
@@ -57,15 +56,15 @@ def ref_clip_score(
     captions = _normalize_rows(_as_matrix("caption_features", caption_features))
     if len(reference_features) != len(captions):
         raise ValueError(
-            f"reference_features has {len(reference_features)} items "
-            f"but caption_features has {len(captions)} rows")
+            f"reference_features has {len(reference_features)} items but caption_features has {len(captions)} rows"
+        )
     text_text = np.empty(len(captions))
     for i, refs in enumerate(reference_features):
         refs = _normalize_rows(_as_matrix(f"reference_features[{i}]", refs))
         if refs.shape[1] != captions.shape[1]:
             raise ValueError(
-                f"reference_features[{i}] has dimension {refs.shape[1]} "
-                f"but caption_features has {captions.shape[1]}")
+                f"reference_features[{i}] has dimension {refs.shape[1]} but caption_features has {captions.shape[1]}"
+            )
         text_text[i] = np.max(refs @ captions[i])
     denominator = image_text + text_text
     safe = np.where(denominator == 0, 1.0, denominator)
@@ -102,7 +101,7 @@ class ClipScorer:
         self.model.eval()
         chunks = []
         for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.preprocess(im) for im in images[start:start + self.batch_size]])
+            batch = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]])
             chunks.append(self.model.encode_image(batch.to(self._device())).float().cpu().numpy())
         return np.concatenate(chunks)
 
@@ -112,7 +111,7 @@ class ClipScorer:
         self.model.eval()
         chunks = []
         for start in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer([PREFIX + t for t in texts[start:start + self.batch_size]])
+            tokens = self.tokenizer([PREFIX + t for t in texts[start : start + self.batch_size]])
             chunks.append(self.model.encode_text(tokens.to(self._device())).float().cpu().numpy())
         return np.concatenate(chunks)
 
@@ -129,8 +128,7 @@ class ClipScorer:
             raise ValueError(f"captions has {len(captions)} items but images has {len(images)}")
         if references is not None:
             if len(references) != len(images):
-                raise ValueError(
-                    f"references has {len(references)} items but images has {len(images)}")
+                raise ValueError(f"references has {len(references)} items but images has {len(images)}")
             for i, refs in enumerate(references):
                 if isinstance(refs, str) or len(refs) == 0:
                     raise ValueError(f"references[{i}] must be a non-empty sequence of strings")
@@ -141,7 +139,6 @@ class ClipScorer:
             flat = self.text_features([r for refs in references for r in refs])
             bounds = np.cumsum([0] + [len(refs) for refs in references])
             per_sample = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-            result["refclipscore"] = float(
-                np.mean(ref_clip_score(image_feats, caption_feats, per_sample)))
+            result["refclipscore"] = float(np.mean(ref_clip_score(image_feats, caption_feats, per_sample)))
         result["clipscore_model"] = self.name
         return result

@@ -58,16 +58,14 @@ def class_embeddings(
     return torch.stack(rows)
 
 
-def zero_shot_logits(
-    image_features: torch.Tensor, class_matrix: torch.Tensor, scale: float = 100.0
-) -> torch.Tensor:
+def zero_shot_logits(image_features: torch.Tensor, class_matrix: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
     """Return [N, C] logits: ``scale`` times the cosine of each image with each class embedding."""
     if image_features.ndim != 2 or class_matrix.ndim != 2:
         raise ValueError("image_features and class_matrix must both be 2-D [rows, D] tensors")
     if image_features.shape[1] != class_matrix.shape[1]:
         raise ValueError(
-            f"image_features has dimension {image_features.shape[1]} "
-            f"but class_matrix has {class_matrix.shape[1]}")
+            f"image_features has dimension {image_features.shape[1]} but class_matrix has {class_matrix.shape[1]}"
+        )
     images = F.normalize(image_features.float(), dim=-1)
     classes = F.normalize(class_matrix.float(), dim=-1)
     return scale * images @ classes.T

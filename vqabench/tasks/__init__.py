@@ -21,7 +21,7 @@ class TaskKind(str, enum.Enum):
     CAPTIONING = "captioning"
 
     @classmethod
-    def parse(cls, text: str) -> "TaskKind":
+    def parse(cls, text: str) -> TaskKind:
         try:
             return cls(text)
         except ValueError:
@@ -53,7 +53,6 @@ class TaskData:
         """The samples of one split, with an error naming the available splits."""
         if name not in self.splits:
             raise KeyError(
-                f"dataset {self.dataset!r} ({self.kind.value}) has no split {name!r}; "
-                f"it has: {', '.join(self.splits)}"
+                f"dataset {self.dataset!r} ({self.kind.value}) has no split {name!r}; it has: {', '.join(self.splits)}"
             )
         return self.splits[name]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -28,7 +29,7 @@ class CaptionBatch:
     domains: list[str]
     image_features: torch.Tensor | None = None  # frozen-stem output per image, when cached
 
-    def to(self, device: torch.device) -> "CaptionBatch":
+    def to(self, device: torch.device) -> CaptionBatch:
         feats = None if self.image_features is None else self.image_features.to(device, non_blocking=True)
         return CaptionBatch(self.ids, self.images.to(device, non_blocking=True), self.captions, self.domains, feats)
 

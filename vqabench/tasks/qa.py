@@ -6,8 +6,9 @@ and a classification-VQA dataset keeps only answerable questions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -45,7 +46,7 @@ class QABatch:
     # Output of the model's frozen image stem per row of ``images``, when the feature cache is on.
     image_features: torch.Tensor | None = None
 
-    def to(self, device: torch.device) -> "QABatch":
+    def to(self, device: torch.device) -> QABatch:
         return QABatch(
             ids=self.ids,
             images=self.images.to(device, non_blocking=True),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +28,11 @@ class ImageBatch:
     labels: torch.Tensor  # long [B]
     image_features: torch.Tensor | None = None  # frozen-stem output per image, when cached
 
-    def to(self, device: torch.device) -> "ImageBatch":
+    def to(self, device: torch.device) -> ImageBatch:
         feats = None if self.image_features is None else self.image_features.to(device, non_blocking=True)
-        return ImageBatch(self.ids, self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True), feats)
+        return ImageBatch(
+            self.ids, self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True), feats
+        )
 
 
 def reference_fields(sample: ImageSample) -> dict[str, Any]:

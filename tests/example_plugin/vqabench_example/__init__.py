@@ -66,18 +66,43 @@ def load(cfg: ExampleConfig, kind: TaskKind, cache_dir: Path) -> TaskData:
         split = "train" if r["index"] % 6 < 4 else ("val" if r["index"] % 6 == 4 else "test")
         img = str(root / "images" / f"{r['index']}.png")
         if kind in (TaskKind.VQA, TaskKind.ANSWERABILITY):
-            splits[split].append(QASample(f"{r['index']}/color", img, "what color is the square?", (r["color"],), "color", "other"))
+            splits[split].append(
+                QASample(f"{r['index']}/color", img, "what color is the square?", (r["color"],), "color", "other")
+            )
             for probe in ("red", "blue"):
                 ans = "yes" if r["color"] == probe else "no"
-                splits[split].append(QASample(f"{r['index']}/is-{probe}", img, f"is the square {probe}?", (ans,), "yes/no", "yes/no"))
+                splits[split].append(
+                    QASample(f"{r['index']}/is-{probe}", img, f"is the square {probe}?", (ans,), "yes/no", "yes/no")
+                )
             if kind is TaskKind.ANSWERABILITY:  # there is never a circle
-                splits[split].append(QASample(f"{r['index']}/circle", img, "what color is the circle?", ("unanswerable",), "color", "other", answerable=False))
+                splits[split].append(
+                    QASample(
+                        f"{r['index']}/circle",
+                        img,
+                        "what color is the circle?",
+                        ("unanswerable",),
+                        "color",
+                        "other",
+                        answerable=False,
+                    )
+                )
         elif kind is TaskKind.ZEROSHOT:
             splits[split].append(ImageSample(str(r["index"]), img, names.index(r["color"])))
         else:
-            splits[split].append(CaptionSample(str(r["index"]), img, (f"a {r['color']} square", f"a {r['color']} square on black")))
+            splits[split].append(
+                CaptionSample(str(r["index"]), img, (f"a {r['color']} square", f"a {r['color']} square on black"))
+            )
     vocab = sorted({a for v in splits.values() for s in v if isinstance(s, QASample) for a in s.answers}) or None
-    return TaskData("example-colors", kind, root, splits, revision, answer_vocab=vocab, class_names=names if kind is TaskKind.ZEROSHOT else None, templates=["a {} square"] if kind is TaskKind.ZEROSHOT else None)
+    return TaskData(
+        "example-colors",
+        kind,
+        root,
+        splits,
+        revision,
+        answer_vocab=vocab,
+        class_names=names if kind is TaskKind.ZEROSHOT else None,
+        templates=["a {} square"] if kind is TaskKind.ZEROSHOT else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -87,7 +112,16 @@ class BowConfig:
     image_size: int = 16
     pooled_size: int = 8
     pretrained: bool = False
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, batch_size=16, warmup_epochs=1, lrs={"head": 0.05}, report_epochs=(3,), augment=("color_jitter", "hflip")))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=6,
+            batch_size=16,
+            warmup_epochs=1,
+            lrs={"head": 0.05},
+            report_epochs=(3,),
+            augment=("color_jitter", "hflip"),
+        )
+    )
 
 
 class BagOfWords(TaskModel):
@@ -100,7 +134,9 @@ class BagOfWords(TaskModel):
         super().__init__()
         self.cfg, self.vocab, self.image_size, self.kind = cfg, vocab, cfg.image_size, kind
         outputs = len(vocab) + (kind is TaskKind.ANSWERABILITY)
-        self.mlp = nn.Sequential(nn.Linear(3 * cfg.pooled_size**2 + cfg.buckets, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, outputs))
+        self.mlp = nn.Sequential(
+            nn.Linear(3 * cfg.pooled_size**2 + cfg.buckets, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, outputs)
+        )
 
     def _pool(self, images: torch.Tensor) -> torch.Tensor:
         return nn.functional.adaptive_avg_pool2d(images, self.cfg.pooled_size).flatten(1)
@@ -123,7 +159,9 @@ class BagOfWords(TaskModel):
 
     def loss(self, batch) -> torch.Tensor:
         out = self(batch)
-        loss = nn.functional.cross_entropy(out[:, : len(self.vocab)], batch.labels, ignore_index=-1, label_smoothing=self.cfg.train.label_smoothing)
+        loss = nn.functional.cross_entropy(
+            out[:, : len(self.vocab)], batch.labels, ignore_index=-1, label_smoothing=self.cfg.train.label_smoothing
+        )
         if self.kind is TaskKind.ANSWERABILITY:
             loss = loss + nn.functional.binary_cross_entropy_with_logits(out[:, -1], batch.answerable)
         return loss
@@ -157,7 +195,9 @@ class ColorName(TaskModel):
         super().__init__()
         self.image_size = cfg.image_size
         self.class_names = class_names
-        self.register_buffer("table", torch.tensor([COLORS.get(c, (0, 0, 0)) for c in class_names], dtype=torch.float) / 255)
+        self.register_buffer(
+            "table", torch.tensor([COLORS.get(c, (0, 0, 0)) for c in class_names], dtype=torch.float) / 255
+        )
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         pix = images.flatten(2)  # [B, 3, HW]
@@ -173,10 +213,38 @@ class ColorName(TaskModel):
 
 @hookimpl
 def register_datasets(register):
-    register(DatasetSpec("example-colors", (TaskKind.VQA, TaskKind.ANSWERABILITY, TaskKind.ZEROSHOT, TaskKind.CAPTIONING), ExampleConfig, load, unsafe_augmentations=frozenset({"hue", "hflip"}), description="one coloured square per image"))
+    register(
+        DatasetSpec(
+            "example-colors",
+            (TaskKind.VQA, TaskKind.ANSWERABILITY, TaskKind.ZEROSHOT, TaskKind.CAPTIONING),
+            ExampleConfig,
+            load,
+            unsafe_augmentations=frozenset({"hue", "hflip"}),
+            description="one coloured square per image",
+        )
+    )
 
 
 @hookimpl
 def register_models(register):
-    register(ModelSpec("example-bow", "Example", "Example BoW", (TaskKind.VQA, TaskKind.ANSWERABILITY), BowConfig, lambda cfg, data, device: BagOfWords(cfg, data.answer_vocab, data.kind), profiles={"quick": {}, "paper": {"train.epochs": 10}}))
-    register(ModelSpec("example-colorname", "Example", "Example colour names", (TaskKind.ZEROSHOT, TaskKind.CAPTIONING), ColorNameConfig, lambda cfg, data, device: ColorName(cfg, data.class_names or list(COLORS))))
+    register(
+        ModelSpec(
+            "example-bow",
+            "Example",
+            "Example BoW",
+            (TaskKind.VQA, TaskKind.ANSWERABILITY),
+            BowConfig,
+            lambda cfg, data, device: BagOfWords(cfg, data.answer_vocab, data.kind),
+            profiles={"quick": {}, "paper": {"train.epochs": 10}},
+        )
+    )
+    register(
+        ModelSpec(
+            "example-colorname",
+            "Example",
+            "Example colour names",
+            (TaskKind.ZEROSHOT, TaskKind.CAPTIONING),
+            ColorNameConfig,
+            lambda cfg, data, device: ColorName(cfg, data.class_names or list(COLORS)),
+        )
+    )

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from vqabench_plugins.mini_clevr.config import MiniClevrConfig
 from vqabench_plugins.mini_clevr.generate import generate
 

@@ -7,7 +7,9 @@ from helpers import run_cli
 
 def test_data_prepare_then_run_list_from_the_prepared_root(tmp_path):
     root = tmp_path / "mc"
-    proc = run_cli("data", "prepare", "mini-clevr", "--root", str(root), "--seed", "3", "--images", "30", "--image-size", "48")
+    proc = run_cli(
+        "data", "prepare", "mini-clevr", "--root", str(root), "--seed", "3", "--images", "30", "--image-size", "48"
+    )
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((root / "meta.json").read_text())
     assert meta["seed"] == 3 and meta["image_size"] == 48

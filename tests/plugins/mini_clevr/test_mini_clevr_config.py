@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from vqabench.config import apply_overrides
 from vqabench_plugins.mini_clevr.bench import benchmark_generation, main
 from vqabench_plugins.mini_clevr.config import MiniClevrConfig, generation_options
+
+from vqabench.config import apply_overrides
 
 
 def test_defaults_are_report_000():
@@ -21,8 +21,17 @@ def test_defaults_are_report_000():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("image_size", 16), ("max_objects", 7), ("small_radius", (20, 26)), ("split_fractions", (0.5, 0.5, 0.5)),
-     ("images", 3), ("workers", 0), ("seed", -1), ("zeroshot_per_class", 2), ("unanswerable_fraction", 0.5)],
+    [
+        ("image_size", 16),
+        ("max_objects", 7),
+        ("small_radius", (20, 26)),
+        ("split_fractions", (0.5, 0.5, 0.5)),
+        ("images", 3),
+        ("workers", 0),
+        ("seed", -1),
+        ("zeroshot_per_class", 2),
+        ("unanswerable_fraction", 0.5),
+    ],
 )
 def test_invalid_values_are_rejected_by_name(field, value):
     with pytest.raises(ValueError, match=field.split("_")[0]):

@@ -10,13 +10,11 @@ from itertools import combinations
 
 import numpy as np
 import pytest
+from mini_clevr_fixtures import tiny_config, tiny_options, tiny_root, tiny_tables  # noqa: F401 (fixtures)
 from PIL import Image
-
 from vqabench_plugins.mini_clevr import questions as q
 from vqabench_plugins.mini_clevr import render, scene
 from vqabench_plugins.mini_clevr.config import BACKGROUND, COLORS, SHAPES, UNANSWERABLE, MiniClevrConfig
-
-from mini_clevr_fixtures import tiny_config, tiny_options, tiny_root, tiny_tables  # noqa: F401 (fixtures)
 
 NAMES = list(COLORS)
 PALETTE = np.array([COLORS[n] for n in NAMES], dtype=np.float64)
@@ -57,7 +55,9 @@ def test_referents_are_unique_and_minimal(tiny_tables):
             if program["op"] == "count":
                 assert list(program["target"]) == ["color"]
                 continue
-            referents = [program["target"]] if program["op"] == "query_color" else [program["subject"], program["object"]]
+            referents = (
+                [program["target"]] if program["op"] == "query_color" else [program["subject"], program["object"]]
+            )
             if program["op"] == "query_color":
                 assert "color" not in program["target"], "the question would give its answer away"
             matches = [len(q.select(objects, attrs)) for attrs in referents]
@@ -188,7 +188,10 @@ def test_png_encoder_round_trips():
     for size in (64, 65):
         config = MiniClevrConfig(image_size=size)
         objects = scene.sample_scene(np.random.default_rng(1), config)
-        for picture in (render.render_source(objects, size), render.render_target(objects, size, np.random.default_rng(2))):
+        for picture in (
+            render.render_source(objects, size),
+            render.render_target(objects, size, np.random.default_rng(2)),
+        ):
             decoded = Image.open(io.BytesIO(render.encode_png(picture, 1)))
             assert decoded.size == (size, size)
             assert np.array_equal(np.asarray(decoded.convert("RGB")), picture.rgb())

@@ -7,15 +7,13 @@ import json
 import shutil
 
 import pytest
-
-from vqabench.tasks import TaskKind
+from mini_clevr_fixtures import tiny_config, tiny_options, tiny_root, tiny_tables  # noqa: F401 (fixtures)
 from vqabench_plugins.mini_clevr import generate as gen
-from vqabench_plugins.mini_clevr import store
-from vqabench_plugins.mini_clevr import load, prepare
+from vqabench_plugins.mini_clevr import load, prepare, store
 from vqabench_plugins.mini_clevr.config import MiniClevrConfig, config_key
 from vqabench_plugins.mini_clevr.manifest import MANIFEST, DatasetError, digest, dumps, verify, write_manifest
 
-from mini_clevr_fixtures import tiny_config, tiny_options, tiny_root, tiny_tables  # noqa: F401 (fixtures)
+from vqabench.tasks import TaskKind
 
 
 def _manifest(root):

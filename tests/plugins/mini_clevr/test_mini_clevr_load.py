@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from mini_clevr_fixtures import tiny_config, tiny_options, tiny_root, tiny_tables  # noqa: F401 (fixtures)
+from vqabench_plugins.mini_clevr import QUICK, load
+from vqabench_plugins.mini_clevr.config import COLORS, UNANSWERABLE, MiniClevrConfig
+from vqabench_plugins.mini_clevr.generate import generate
+from vqabench_plugins.mini_clevr.manifest import verify
+from vqabench_plugins.mini_clevr.zeroshot import CLASS_NAMES
 
 from vqabench.config import apply_overrides
 from vqabench.plugins import load_plugins
@@ -13,13 +19,6 @@ from vqabench.tasks import TaskKind
 from vqabench.tasks.captioning import CaptionSample
 from vqabench.tasks.qa import QASample
 from vqabench.tasks.zeroshot import ImageSample
-from vqabench_plugins.mini_clevr import QUICK, load
-from vqabench_plugins.mini_clevr.config import COLORS, UNANSWERABLE, MiniClevrConfig
-from vqabench_plugins.mini_clevr.generate import generate
-from vqabench_plugins.mini_clevr.manifest import verify
-from vqabench_plugins.mini_clevr.zeroshot import CLASS_NAMES
-
-from mini_clevr_fixtures import tiny_config, tiny_options, tiny_root, tiny_tables  # noqa: F401 (fixtures)
 
 REPORT_003 = ["{}", "a photo of a {}.", "This is a photo of {}", "This is not a photo of {}", "No {}, no score."]
 SPLITS = ["train", "val", "test"]
@@ -78,7 +77,9 @@ def test_qa_kinds(loaded, kind):
         assert task.answer_vocab[: len(COLORS)] == list(COLORS)
     else:
         unanswerable = [s for s in samples if not s.answerable]
-        assert unanswerable and all(s.answers == (UNANSWERABLE,) and s.answer_type == UNANSWERABLE for s in unanswerable)
+        assert unanswerable and all(
+            s.answers == (UNANSWERABLE,) and s.answer_type == UNANSWERABLE for s in unanswerable
+        )
         assert task.answer_vocab[-1] == UNANSWERABLE
         assert 0.03 < len(unanswerable) / len(samples) < 0.2
 
