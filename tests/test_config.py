@@ -5,7 +5,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from vqabench.config import TrainConfig, apply_overrides, config_hash, to_jsonable
+from vqabench.config import (
+    EvalConfig,
+    Stage,
+    TrainConfig,
+    apply_overrides,
+    config_hash,
+    eval_config,
+    to_jsonable,
+    train_config,
+)
 from vqabench.tasks import TaskKind
 
 
@@ -34,6 +43,7 @@ class ModelCfg:
     colour: Colour = Colour.RED
     inner: Inner = field(default_factory=Inner)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def test_apply_overrides_returns_a_new_frozen_copy():
@@ -185,7 +195,8 @@ def test_to_jsonable_nested_dataclass_and_enum():
     assert out["tags"] == ["a"]
     assert out["inner"] == {"width": 4, "ratio": 0.25}
     assert out["train"]["lrs"] == {"head": 1e-3}
-    assert out["train"]["eval_splits"] == ["val", "test"]
+    assert out["train"]["streams"] == ["train"] and out["train"]["stages"] == []
+    assert out["eval"]["splits"] == ["val", "test"]
     assert out["head"] == 7 and out["workers"] is None
     assert json.loads(json.dumps(out)) == out
 
@@ -207,3 +218,92 @@ def test_to_jsonable_str_enum_serialises_as_its_value():
 def test_to_jsonable_str_enum_is_a_plain_str():
     out = to_jsonable({"kind": TaskKind.VQA})["kind"]
     assert type(out) is str and str(out) == "vqa"
+
+
+def test_eval_splits_live_on_the_eval_config():
+    assert "eval_splits" not in {f.name for f in dataclasses.fields(TrainConfig)}
+    new = apply_overrides(ModelCfg(), {"eval.splits": "test", "eval.batch_size": "8"})
+    assert new.eval == EvalConfig(batch_size=8, splits=("test",))
+    assert new.train == TrainConfig()
+
+
+def test_train_and_eval_config_helpers():
+    @dataclass(frozen=True)
+    class EvalOnly:
+        name: str = "zs"
+
+    assert train_config(ModelCfg()) == TrainConfig()
+    assert train_config(EvalOnly()) is None
+    assert eval_config(EvalOnly()) == EvalConfig()
+    assert eval_config(apply_overrides(ModelCfg(), {"eval.precision": "fp32"})).precision == "fp32"
+
+
+def test_best_metric_defaults_to_the_primary_metric():
+    assert TrainConfig().best_metric == ""
+
+
+def test_a_recipe_without_stages_is_one_stage_named_train():
+    cfg = TrainConfig(epochs=3, lrs={"head": 0.1}, warmup_epochs=0.5, schedule="step", step_every=2, streams=("train",))
+    (stage,) = cfg.resolved_stages()
+    assert stage == Stage("train", 3, {"head": 0.1}, 0.5, "step", 2, 0.1, ("train",))
+
+
+def test_stages_take_what_they_leave_none_from_the_recipe():
+    cfg = TrainConfig(
+        epochs=4,
+        lrs={"head": 1e-3},
+        streams=("train", "target_train"),
+        stages=(Stage("probe", epochs=1), Stage("tune", lrs={"head": 1e-4, "backbone": 1e-5}, schedule="step")),
+    )
+    probe, tune = cfg.resolved_stages()
+    assert (probe.name, probe.epochs, dict(probe.lrs), probe.schedule) == ("probe", 1, {"head": 1e-3}, "cosine")
+    assert probe.streams == ("train", "target_train") and probe.warmup_epochs == cfg.warmup_epochs
+    assert (tune.epochs, dict(tune.lrs), tune.schedule) == (4, {"head": 1e-4, "backbone": 1e-5}, "step")
+    assert (tune.step_every, tune.step_gamma) == (cfg.step_every, cfg.step_gamma)
+
+
+def test_stage_overrides_by_name_and_by_index():
+    cfg = TrainConfig(stages=(Stage("probe", epochs=1), Stage("tune", epochs=2)))
+    new = apply_overrides(cfg, {"stages.tune.epochs": "5", "stages.0.lrs.head": "0.5"})
+    assert [s.epochs for s in new.stages] == [1, 5]
+    assert dict(new.stages[0].lrs) == {"head": 0.5}
+    assert cfg.stages[1].epochs == 2
+
+
+def test_stage_override_errors_name_the_stage():
+    cfg = TrainConfig(stages=(Stage("probe"), Stage("tune")))
+    with pytest.raises(ValueError, match=r"train\.stages: no item 'tuen'; did you mean 'tune'"):
+        apply_overrides(cfg, {"stages.tuen.epochs": 1}, where="train")
+    with pytest.raises(ValueError, match=r"train\.stages\.tune: name a field"):
+        apply_overrides(cfg, {"stages.tune": 1}, where="train")
+    with pytest.raises(ValueError, match=r"train\.stages\.tune: unknown field 'epoch'"):
+        apply_overrides(cfg, {"stages.tune.epoch": 1}, where="train")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"schedule": "linear"}, r"train\.schedule 'linear': choose cosine or step"),
+        ({"targets": "fuzzy"}, r"train\.targets 'fuzzy': choose hard or soft"),
+        ({"val_every": 0}, r"train\.val_every must be >= 1"),
+        ({"stages": (Stage("a"), Stage("a"))}, r"stage names must be unique"),
+    ],
+)
+def test_train_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_bad_stage_schedule_names_the_stage():
+    cfg = TrainConfig(stages=(Stage("tune", schedule="linear"),))
+    with pytest.raises(ValueError, match=r"train\.stages\.tune\.schedule 'linear'"):
+        cfg.resolved_stages()
+
+
+def test_overrides_are_validated_like_the_constructor():
+    with pytest.raises(ValueError, match=r"train\.targets 'x'"):
+        apply_overrides(ModelCfg(), {"train.targets": "x"})
+    assert apply_overrides(ModelCfg(), {"train.streams": "train,target_train"}).train.streams == (
+        "train",
+        "target_train",
+    )

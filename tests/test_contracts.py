@@ -78,7 +78,7 @@ def test_dataset_contract(registry, name, tmp_path):
             assert len({s.id for s in samples}) == len(samples)
         if kind in (TaskKind.VQA, TaskKind.ANSWERABILITY):
             assert data.answer_vocab and len(set(data.answer_vocab)) == len(data.answer_vocab)
-        if kind is TaskKind.ZEROSHOT:
+        if kind == TaskKind.ZEROSHOT:
             assert (
                 data.class_names
                 and data.templates
@@ -106,7 +106,7 @@ def _four_samples(kind: TaskKind, root) -> TaskData:
                 ]
             )
         ]
-    elif kind is TaskKind.ZEROSHOT:
+    elif kind == TaskKind.ZEROSHOT:
         samples = [ImageSample(f"z{i}", paths[i % 2], i % 2) for i in range(4)]
     else:
         samples = [CaptionSample(f"c{i}", paths[i % 2], ("a red square", "a square")) for i in range(4)]

@@ -7,12 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vqabench import data
-from vqabench.data import Batches, ImageStore, image_paths, limit_samples
-from vqabench.tasks import TaskKind
+from vqabench.data import Batches, ImageStore, limit_samples
+from vqabench.tasks import TaskKind, get_task
+from vqabench.tasks.base import CollateContext
 from vqabench.tasks.captioning import CaptionBatch, CaptionSample
 from vqabench.tasks.qa import QABatch, QASample
 from vqabench.tasks.zeroshot import ImageBatch, ImageSample
+from vqabench.vocab import AnswerTargets
 
 
 def write_pngs(root, n, size=8):
@@ -183,24 +184,25 @@ def test_limit_without_question_types():
 # -- Batches ----------------------------------------------------------------------------------------
 
 
+def batches(kind, samples, store, batch_size, vocab=None, *, targets="hard", device=None, **kw):
+    """``Batches`` of a kind over pixels from ``store`` (no feature caches), answer targets over ``vocab``."""
+    ctx = CollateContext(store, None, None, AnswerTargets(vocab) if vocab else None, targets, device)
+    return Batches(get_task(kind), samples, batch_size, ctx, **kw)
+
+
+VOCAB = ["yes", "no", "two"]  # "blue" is out of the vocabulary
+
+
 def vqa_batches(tmp_path, per_image=(3, 1, 4, 2, 2, 5), batch_size=6, **kw):
     paths = write_pngs(tmp_path, len(per_image))
     store = ImageStore.build(paths, 8, None, "r0")
     samples = qa_samples(paths, per_image)
-    index = {"yes": 0, "no": 1, "two": 2}  # "blue" is out of the vocabulary
-    return Batches(TaskKind.VQA, samples, store, batch_size, answer_index=index, **kw), samples, store
+    return batches(TaskKind.VQA, samples, store, batch_size, VOCAB, **kw), samples, store
 
 
 def test_batches_built_on_a_device_equal_the_plain_ones(tmp_path):
     plain, _, store = vqa_batches(tmp_path)
-    placed = Batches(
-        TaskKind.VQA,
-        plain.samples,
-        store,
-        plain.batch_size,
-        answer_index=plain.answer_index,
-        device=torch.device("cpu"),
-    )
+    placed = batches(TaskKind.VQA, plain.samples, store, plain.batch_size, VOCAB, device=torch.device("cpu"))
     for a, b in zip(plain, placed, strict=True):
         assert a.ids == b.ids and a.questions == b.questions
         for name in ("images", "image_index", "labels", "answerable"):
@@ -251,7 +253,7 @@ def test_vqa_batch_never_exceeds_batch_size(tmp_path):
 def test_vqa_shuffle_differs_between_epochs_and_is_reproducible(tmp_path):
     per_image = tuple([1] * 12)
     a, samples, store = vqa_batches(tmp_path, per_image=per_image, shuffle=True, seed=7)
-    b = Batches(TaskKind.VQA, samples, store, 6, shuffle=True, seed=7)
+    b = batches(TaskKind.VQA, samples, store, 6, shuffle=True, seed=7)
     order_a = [[i for x in a for i in x.ids] for _ in range(3)]
     order_b = [[i for x in b for i in x.ids] for _ in range(3)]
     assert order_a == order_b
@@ -296,7 +298,7 @@ def test_vqa_labels_and_answerable(tmp_path):
 def test_vqa_without_vocabulary_labels_are_minus_one(tmp_path):
     paths = write_pngs(tmp_path, 2)
     store = ImageStore.build(paths, 8, None, "r0")
-    batch = next(iter(Batches(TaskKind.VQA, qa_samples(paths, (2, 1)), store, 8)))
+    batch = next(iter(batches(TaskKind.VQA, qa_samples(paths, (2, 1)), store, 8)))
     assert batch.labels.tolist() == [-1, -1, -1]
 
 
@@ -308,7 +310,7 @@ def test_answerability_batches(tmp_path):
         QASample("b", paths[1], "q?", ("unanswerable",), answerable=False),
         QASample("c", paths[0], "q?", ("no",), answerable=True),
     ]
-    batch = next(iter(Batches(TaskKind.ANSWERABILITY, samples, store, 8, answer_index={"yes": 0, "no": 1})))
+    batch = next(iter(batches(TaskKind.ANSWERABILITY, samples, store, 8, ["yes", "no"])))
     assert batch.ids == ["a", "c", "b"]
     assert batch.answerable.tolist() == [1.0, 1.0, 0.0]
     assert batch.labels.tolist() == [0, 1, -1]
@@ -319,7 +321,7 @@ def test_zeroshot_batches(tmp_path):
     paths = write_pngs(tmp_path, 5)
     store = ImageStore.build(paths, 8, None, "r0")
     samples = [ImageSample(f"i{k}", paths[k], k % 2) for k in range(5)]
-    got = list(Batches(TaskKind.ZEROSHOT, samples, store, 2))
+    got = list(batches(TaskKind.ZEROSHOT, samples, store, 2))
     assert all(isinstance(b, ImageBatch) for b in got)
     assert [b.ids for b in got] == [["i0", "i1"], ["i2", "i3"], ["i4"]]
     assert got[1].labels.tolist() == [0, 1]
@@ -330,8 +332,8 @@ def test_zeroshot_shuffle_is_seeded(tmp_path):
     paths = write_pngs(tmp_path, 8)
     store = ImageStore.build(paths, 8, None, "r0")
     samples = [ImageSample(f"i{k}", paths[k], 0) for k in range(8)]
-    a = Batches(TaskKind.ZEROSHOT, samples, store, 3, shuffle=True, seed=2)
-    b = Batches(TaskKind.ZEROSHOT, samples, store, 3, shuffle=True, seed=2)
+    a = batches(TaskKind.ZEROSHOT, samples, store, 3, shuffle=True, seed=2)
+    b = batches(TaskKind.ZEROSHOT, samples, store, 3, shuffle=True, seed=2)
     ea = [[i for x in a for i in x.ids] for _ in range(2)]
     eb = [[i for x in b for i in x.ids] for _ in range(2)]
     assert ea == eb
@@ -345,7 +347,7 @@ def test_captioning_batches(tmp_path):
     samples = [
         CaptionSample(f"c{k}", paths[k], (f"cap {k}", "other"), domain="target" if k else "source") for k in range(3)
     ]
-    got = list(Batches(TaskKind.CAPTIONING, samples, store, 2))
+    got = list(batches(TaskKind.CAPTIONING, samples, store, 2))
     assert all(isinstance(b, CaptionBatch) for b in got)
     assert [b.ids for b in got] == [["c0", "c1"], ["c2"]]
     assert got[0].captions == [["cap 0", "other"], ["cap 1", "other"]]
@@ -353,10 +355,17 @@ def test_captioning_batches(tmp_path):
     assert torch.equal(got[1].images, store.gather([paths[2]]))
 
 
-def test_image_paths():
-    s = [ImageSample("a", "/x.png", 0), ImageSample("b", "/y.png", 1)]
-    assert image_paths(s) == ["/x.png", "/y.png"]
-    assert data.image_paths([]) == []
+@pytest.mark.parametrize(
+    ("kind", "sample"),
+    [
+        ("vqa", QASample("a", "/x.png", "q?", ("yes",))),
+        ("answerability", QASample("a", "/x.png", "q?", ("yes",))),
+        ("zeroshot", ImageSample("a", "/x.png", 0)),
+        ("captioning", CaptionSample("a", "/x.png", ("a cap",))),
+    ],
+)
+def test_image_of_every_kind(kind, sample):
+    assert get_task(kind).image_of(sample) == "/x.png"
 
 
 def test_limit_samples_uses_numpy_rng_not_global_state():
@@ -373,3 +382,29 @@ def test_len_before_iterating_is_the_epoch_batch_count(tmp_path):
     for _epoch in range(3):
         expected = len(batches)
         assert sum(1 for _ in batches) == expected
+
+
+def test_shuffle_depends_on_seed_and_epoch_alone(tmp_path):
+    # The engine sets ``epoch`` before each epoch, so a resumed run sees the same orders.
+    per_image = tuple([1] * 12)
+    a, samples, store = vqa_batches(tmp_path, per_image=per_image, shuffle=True, seed=5)
+    orders = [[i for x in a for i in x.ids] for _ in range(3)]
+    b = batches(TaskKind.VQA, samples, store, 6, VOCAB, shuffle=True, seed=5)
+    b.epoch = 2
+    assert [i for x in b for i in x.ids] == orders[2]
+    b.epoch = 0
+    assert [i for x in b for i in x.ids] == orders[0]
+
+
+def test_soft_target_batches(tmp_path):
+    paths = write_pngs(tmp_path, 1)
+    store = ImageStore.build(paths, 8, None, "r0")
+    ten = ("yes",) * 2 + ("no",) * 7 + ("blue",)
+    samples = [QASample("a", paths[0], "q?", ten), QASample("b", paths[0], "q?", ("blue",) * 10)]
+    soft = next(iter(batches(TaskKind.VQA, samples, store, 8, VOCAB, targets="soft")))
+    hard = next(iter(batches(TaskKind.VQA, samples, store, 8, VOCAB)))
+    assert hard.soft_labels is None and hard.labels.tolist() == [1, -1]
+    assert soft.labels.tolist() == [1, -1]
+    assert soft.soft_labels.shape == (2, 3) and soft.soft_labels.dtype == torch.float32
+    assert soft.soft_labels[0].tolist() == pytest.approx([0.6, 1.0, 0.0])
+    assert soft.soft_labels[1].tolist() == [0.0, 0.0, 0.0]

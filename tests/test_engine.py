@@ -1,12 +1,22 @@
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import save_file
 from torch import nn
 
-from vqabench.config import TrainConfig, apply_overrides
-from vqabench.engine import load_weights, make_optimizer, save_weights, warmup_cosine
+from vqabench.checkpoint import load_weights_file
+from vqabench.config import Stage, TrainConfig
+from vqabench.engine import (
+    make_optimizer,
+    make_scheduler,
+    restore,
+    trained_state,
+    warmup_cosine,
+    warmup_step,
+)
 
 
 class Tiny(nn.Module):
@@ -29,8 +39,8 @@ class Tiny(nn.Module):
         }
 
 
-def cfg(**lrs):
-    return apply_overrides(TrainConfig(), {"lrs": lrs, "weight_decay": 0.05})
+def optimizer(model, strict=True, **lrs):
+    return make_optimizer(model, lrs, 0.05, strict=strict)
 
 
 # -- warmup_cosine ----------------------------------------------------------------------------------
@@ -90,7 +100,7 @@ def test_warmup_cosine_drives_lambda_lr():
 
 def test_make_optimizer_groups_use_recipe_lrs():
     model = Tiny()
-    opt = make_optimizer(model, cfg(head=1e-3, proj=5e-4, unused=1.0))
+    opt = optimizer(model, head=1e-3, proj=5e-4, unused=1.0)
     assert isinstance(opt, torch.optim.AdamW)
     assert [(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups] == [
         ("head", 1e-3, 0.05),
@@ -103,7 +113,7 @@ def test_make_optimizer_groups_use_recipe_lrs():
 
 def test_make_optimizer_frozen_group_needs_no_lr():
     # "backbone" has no lr in the recipe, but it is all frozen: no error.
-    assert len(make_optimizer(Tiny(), cfg(head=1.0, proj=1.0)).param_groups) == 2
+    assert len(optimizer(Tiny(), head=1.0, proj=1.0).param_groups) == 2
 
 
 def test_make_optimizer_missing_lr_names_group_and_flag():
@@ -111,15 +121,23 @@ def test_make_optimizer_missing_lr_names_group_and_flag():
         ValueError,
         match=r"parameter group 'proj' of Tiny has no learning rate; set one with --lr proj=VALUE \(recipe has: head\)",
     ):
-        make_optimizer(Tiny(), cfg(head=1e-3))
+        optimizer(Tiny(), head=1e-3)
 
 
 def test_make_optimizer_no_trainable_parameters():
     model = Tiny()
     for p in model.parameters():
         p.requires_grad_(False)
-    with pytest.raises(ValueError, match="Tiny has no trainable parameters"):
-        make_optimizer(model, cfg(head=1e-3))
+    with pytest.raises(ValueError, match=r"Tiny has no trainable parameters in groups head; it has: backbone, head, proj"):
+        optimizer(model, head=1e-3)
+
+
+def test_make_optimizer_not_strict_leaves_out_groups_without_a_rate():
+    # A stage of a staged recipe lists the groups it trains; the others are not optimised.
+    opt = optimizer(Tiny(), strict=False, head=1e-3)
+    assert [g["name"] for g in opt.param_groups] == ["head"]
+    with pytest.raises(ValueError, match=r"Tiny has no trainable parameters in groups backbone"):
+        optimizer(Tiny(), strict=False, backbone=1e-3)
 
 
 def test_make_optimizer_default_recipe_trains_a_head_only_model():
@@ -131,11 +149,12 @@ def test_make_optimizer_default_recipe_trains_a_head_only_model():
         def param_groups(self):
             return {"head": list(self.parameters())}
 
-    opt = make_optimizer(HeadOnly(), TrainConfig())
+    recipe = TrainConfig()
+    opt = make_optimizer(HeadOnly(), dict(recipe.lrs), recipe.weight_decay)
     assert [(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups] == [("head", 1e-3, 0.01)]
 
 
-# -- save_weights / load_weights --------------------------------------------------------------------
+# -- trained_state / restore --------------------------------------------------------------------------
 
 
 def perturb(model):
@@ -149,12 +168,15 @@ def perturb(model):
                 b.add_(7)
 
 
-def test_save_weights_stores_trainable_parameters_and_buffers_only(tmp_path):
+def trainable_names(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_trained_state_holds_the_named_parameters_and_every_buffer():
     torch.manual_seed(0)
     model = Tiny()
-    path = tmp_path / "w.safetensors"
-    save_weights(model, path)
-    assert sorted(load_file(str(path))) == [
+    state = trained_state(model, trainable_names(model))
+    assert sorted(state) == [
         "backbone.1.num_batches_tracked",
         "backbone.1.running_mean",
         "backbone.1.running_var",
@@ -162,24 +184,28 @@ def test_save_weights_stores_trainable_parameters_and_buffers_only(tmp_path):
         "head.weight",
         "proj.weight",
     ]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+    assert all(v.device.type == "cpu" and v.is_contiguous() and not v.requires_grad for v in state.values())
+    # A copy: training on does not change what was taken.
+    before = state["head.weight"].clone()
+    perturb(model)
+    assert torch.equal(state["head.weight"], before)
 
 
-def test_weights_round_trip(tmp_path):
+def test_trained_state_round_trip(tmp_path):
     torch.manual_seed(0)
     model = Tiny()
     model.train()
     model.backbone(torch.randn(8, 3))  # moves the BatchNorm running statistics
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     path = tmp_path / "w.safetensors"
-    save_weights(model, path)
+    save_file(trained_state(model, trainable_names(model)), str(path))
     perturb(model)
     frozen_after = {
         k: v.clone()
         for k, v in model.state_dict().items()
         if k in ("backbone.0.weight", "backbone.0.bias", "proj.bias")
     }
-    load_weights(model, path)
+    restore(model, load_weights_file(path), path)
     state = model.state_dict()
     for key in [
         "head.weight",
@@ -195,25 +221,25 @@ def test_weights_round_trip(tmp_path):
         assert not torch.equal(state[key], saved[key]), key
 
 
-def test_load_weights_into_fresh_model(tmp_path):
+def test_restore_into_fresh_model():
     torch.manual_seed(0)
     a = Tiny()
-    save_weights(a, tmp_path / "w.safetensors")
     torch.manual_seed(1)
     b = Tiny()
-    load_weights(b, tmp_path / "w.safetensors")
+    restore(b, trained_state(a, trainable_names(a)), Path("w"))
     assert torch.equal(a.head.weight, b.head.weight)
     assert not torch.equal(a.backbone[0].weight, b.backbone[0].weight)
 
 
-def test_load_weights_missing_tensor_names_file(tmp_path):
-    path = tmp_path / "old.safetensors"
-    save_weights(nn.Linear(2, 2), path)  # keys "weight", "bias": none of Tiny's
+def test_restore_missing_trainable_tensor_names_the_checkpoint(tmp_path):
+    where = tmp_path / "ckpt" / "1-train" / "best.safetensors"
+    weights = {"weight": torch.zeros(2, 2), "bias": torch.zeros(2)}  # none of Tiny's
     with pytest.raises(
         RuntimeError,
-        match=r"checkpoint .*old\.safetensors lacks 6 tensors \(e\.g\. backbone\.1\.num_batches_tracked\); delete it to retrain",
+        match=rf"checkpoint {re.escape(str(where))} lacks 3 trainable tensors \(e\.g\. head\.bias\); "
+        rf"delete {re.escape(str(where.parent))} to retrain",
     ):
-        load_weights(Tiny(), path)
+        restore(Tiny(), weights, where)
 
 
 # -- the step loop on a GPU ----------------------------------------------------------------------------

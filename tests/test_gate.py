@@ -29,11 +29,14 @@ def test_load_thresholds(tmp_path):
     path = thresholds_file(
         tmp_path,
         GOOD + '\n[[check]]\ndataset = "d"\nkind = "zeroshot"\nmodel = "m@random"\nprofile = "quick"\n'
-        'metric = "val.top1"\nmax = 0.9\nmin = 0.1\nrelative_to = "majority"\n',
+        'metric = "val.top1"\nmax = 0.9\nmin = 0.1\nrelative_to = "majority"\n'
+        '\n[[check]]\ndataset = "d"\nkind = "vqa"\nmodel = "m"\nmetric = "test.aurc"\nworst = 0.4\n'
+        'relative_to = "baseline"\n',
     )
     assert load_thresholds(path) == [
         Threshold("mini-clevr", "vqa", "resnet-sbert", "test.vqa_accuracy", min=0.5),
         Threshold("d", "zeroshot", "m@random", "val.top1", min=0.1, max=0.9, profile="quick", relative_to="majority"),
+        Threshold("d", "vqa", "m", "test.aurc", worst=0.4, relative_to="baseline"),
     ]
 
 
@@ -69,7 +72,8 @@ def test_unknown_field_names_entry_field_and_known_fields(tmp_path):
         ValueError,
         match=err(
             path,
-            r": \[\[check\]\] #1: unknown field 'minimum'; fields are dataset, kind, max, metric, min, model, profile, relative_to$",
+            r": \[\[check\]\] #1: unknown field 'minimum'; "
+            r"fields are dataset, kind, max, metric, min, model, profile, relative_to, worst$",
         ),
     ):
         load_thresholds(path)
@@ -83,13 +87,16 @@ def test_metric_without_split(tmp_path):
 
 def test_no_min_or_max(tmp_path):
     path = thresholds_file(tmp_path, GOOD.replace("min = 0.5", ""))
-    with pytest.raises(ValueError, match=err(path, r": \[\[check\]\] #1: give min, max or both$")):
+    with pytest.raises(ValueError, match=err(path, r": \[\[check\]\] #1: give min, max or worst$")):
         load_thresholds(path)
 
 
 def test_bad_relative_to(tmp_path):
     path = thresholds_file(tmp_path, GOOD + 'relative_to = "random"\n')
-    with pytest.raises(ValueError, match=err(path, r": \[\[check\]\] #1: relative_to must be \"majority\"$")):
+    with pytest.raises(
+        ValueError,
+        match=err(path, r": \[\[check\]\] #1: relative_to must be \"baseline\" \(or its older name \"majority\"\)$"),
+    ):
         load_thresholds(path)
 
 
@@ -119,7 +126,7 @@ def write_record(runs, acc, *, seed=0, model="resnet-sbert", profile="quick", ma
         "profile": profile,
         "seed": seed,
         "final": {"test": {metric: acc}},
-        "baseline": {"test": {"answer": "yes", "vqa_accuracy": majority}},
+        "baseline": {"test": {"label": 'Majority answer ("yes")', "prediction": {"answer": "yes"}, metric: majority}},
     }
     results.atomic_write_json(results.cell_dir(runs, "mini-clevr", "vqa", model, profile, seed) / "record.json", rec)
 
@@ -192,26 +199,27 @@ def test_check_value_is_rounded(tmp_path):
     assert check([th(min=0.1)], tmp_path)[0]["value"] == 0.1235
 
 
-def test_check_relative_to_majority(tmp_path):
+@pytest.mark.parametrize("relative_to", ["baseline", "majority"])
+def test_check_relative_to_baseline(tmp_path, relative_to):
     write_record(tmp_path, 0.625, majority=0.5, seed=0)
     write_record(tmp_path, 0.5, majority=0.25, seed=1)
     # Margins 0.125 and 0.25: mean 0.1875, while the plain accuracy mean is 0.5625.
     [ok, fail, plain] = check(
-        [th(min=0.18, relative_to="majority"), th(min=0.19, relative_to="majority"), th(min=0.19)], tmp_path
+        [th(min=0.18, relative_to=relative_to), th(min=0.19, relative_to=relative_to), th(min=0.19)], tmp_path
     )
-    assert ok["check"] == "mini-clevr/vqa resnet-sbert test.vqa_accuracy - majority"
+    assert ok["check"] == "mini-clevr/vqa resnet-sbert test.vqa_accuracy vs baseline"
     assert (ok["value"], ok["seeds"], ok["status"]) == (0.1875, 2, "pass")
     assert (fail["value"], fail["status"]) == (0.1875, "FAIL")
     assert (plain["value"], plain["status"]) == (0.5625, "pass")
 
 
-def test_check_relative_to_majority_without_baseline(tmp_path):
+def test_check_relative_to_baseline_without_baseline(tmp_path):
     write_record(tmp_path, 0.62)
     path = next(tmp_path.rglob("record.json"))
     rec = results.read_record(path)
     del rec["baseline"]
     results.atomic_write_json(path, rec)
-    assert check([th(min=0.0, relative_to="majority")], tmp_path)[0]["status"] == "NO METRIC"
+    assert check([th(min=0.0, relative_to="baseline")], tmp_path)[0]["status"] == "NO METRIC"
     assert check([th(min=0.0)], tmp_path)[0]["status"] == "pass"
 
 
@@ -224,3 +232,72 @@ def test_check_end_to_end_from_file(tmp_path):
     write_record(runs, 0.61)
     rows = check(load_thresholds(thresholds_file(tmp_path, GOOD)), runs)
     assert [r["status"] for r in rows] == ["pass"]
+
+
+# -- direction: a lower-is-better metric ------------------------------------------------------------
+
+
+def write_aurc(runs, aurc, *, seed=0, baseline=0.5, kind="vqa"):
+    rec = {
+        "schema": results.SCHEMA_VERSION,
+        "dataset": "mini-clevr",
+        "kind": kind,
+        "model": "resnet-sbert",
+        "profile": "quick",
+        "seed": seed,
+        "final": {"test": {"vqa_accuracy": 0.7, "aurc": aurc}},
+        "baseline": {
+            "test": {"label": "Majority", "prediction": {"answer": "yes"}, "vqa_accuracy": 0.4, "aurc": baseline}
+        },
+    }
+    results.atomic_write_json(
+        results.cell_dir(runs, "mini-clevr", kind, "resnet-sbert", "quick", seed) / "record.json", rec
+    )
+
+
+@pytest.mark.parametrize(("aurc", "status"), [(0.2, "pass"), (0.3, "pass"), (0.31, "FAIL")])
+def test_worst_is_a_maximum_for_a_lower_is_better_metric(tmp_path, aurc, status):
+    write_aurc(tmp_path, aurc)
+    [row] = check([th(metric="test.aurc", worst=0.3)], tmp_path)
+    assert (row["value"], row["status"]) == (aurc, status)
+
+
+@pytest.mark.parametrize(("acc", "status"), [(0.69, "FAIL"), (0.7, "pass"), (0.8, "pass")])
+def test_worst_is_a_minimum_for_a_higher_is_better_metric(tmp_path, acc, status):
+    write_record(tmp_path, acc)
+    assert check([th(worst=0.7)], tmp_path)[0]["status"] == status
+
+
+def test_relative_to_baseline_of_a_lower_is_better_metric_is_baseline_minus_value(tmp_path):
+    write_aurc(tmp_path, 0.125, baseline=0.5)
+    [margin, worse] = check(
+        [
+            th(metric="test.aurc", relative_to="baseline", min=0.375),
+            th(metric="test.aurc", relative_to="baseline", min=0.4),
+        ],
+        tmp_path,
+    )
+    assert (margin["value"], margin["status"]) == (0.375, "pass")
+    assert (worse["value"], worse["status"]) == (0.375, "FAIL")
+
+
+@pytest.mark.parametrize(("aurc", "status"), [(0.25, "pass"), (0.3, "pass"), (0.35, "FAIL")])
+def test_worst_margin_is_a_minimum_margin_even_for_a_lower_is_better_metric(tmp_path, aurc, status):
+    # baseline 0.5: margins 0.25, 0.2, 0.15; a margin is better when higher, so worst = 0.2 is a minimum.
+    write_aurc(tmp_path, aurc, baseline=0.5)
+    [row] = check([th(metric="test.aurc", relative_to="baseline", worst=0.2)], tmp_path)
+    assert row["status"] == status
+
+
+def test_a_kind_no_plugin_registers_counts_as_higher_is_better(tmp_path):
+    write_aurc(tmp_path, 0.4, kind="not-registered")
+    [row] = check([th(kind="not-registered", metric="test.aurc", worst=0.3)], tmp_path)
+    assert (row["value"], row["status"]) == (0.4, "pass")
+
+
+def test_worst_alone_is_enough_and_must_be_a_number(tmp_path):
+    path = thresholds_file(tmp_path, GOOD.replace("min = 0.5", "worst = 0.5"))
+    assert load_thresholds(path)[0].worst == 0.5
+    path = thresholds_file(tmp_path, GOOD.replace("min = 0.5", "worst = true"))
+    with pytest.raises(ValueError, match=err(path, r": \[\[check\]\] #1: worst must be a number, got True$")):
+        load_thresholds(path)

@@ -3,8 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from vqabench import leaderboard
+from vqabench import tasks
 from vqabench.leaderboard import fmt_params, fmt_seconds, render, table, write
+from vqabench.metrics.base import Metric
+from vqabench.results import SCHEMA_VERSION
+from vqabench.tasks import get_task
+from vqabench.tasks.base import Task
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard_vqa.md"
 
@@ -30,9 +34,9 @@ def record(
     device="cpu",
 ):
     """A result record with the fields the renderer reads, as the runner writes them."""
-    primary = leaderboard.PRIMARY[kind]
+    primary = get_task(kind).primary_metric
     return {
-        "schema": 1,
+        "schema": SCHEMA_VERSION,
         "model": model,
         "display_name": display_name or model,
         "dataset": dataset,
@@ -56,7 +60,15 @@ def record(
     }
 
 
-MAJORITY = {"val": {"answer": "yes", "vqa_accuracy": 0.42}, "test": {"answer": "yes", "vqa_accuracy": 0.4}}
+def majority(split_acc):
+    """A vqa record's baseline: label, prediction and every scalar metric, per split."""
+    return {
+        split: {"label": 'Majority answer ("yes")', "prediction": {"answer": "yes"}, "vqa_accuracy": acc}
+        for split, acc in split_acc.items()
+    }
+
+
+MAJORITY = majority({"val": 0.42, "test": 0.4})
 
 
 def vqa_records():
@@ -176,7 +188,16 @@ def test_zeroshot_columns():
         {"top1": 0.52, "top5": 0.9, "mean_per_class_recall": 0.5},
         kind="zeroshot",
         val=(0.4, 0.5, 0.52),
-        baseline={"test": {"answer": "x", "vqa_accuracy": 0.1}},
+        baseline={
+            split: {
+                "label": 'Most frequent class ("cube")',
+                "prediction": {"logits": [2.0, 1.0]},
+                "top1": top1,
+                "top5": 1.0,
+                "mean_per_class_recall": 0.5,
+            }
+            for split, top1 in (("val", 0.3), ("test", 0.25))
+        },
     )
     text = render([r])["mini-clevr"]
     assert "## zeroshot — quick profile" in text
@@ -193,6 +214,7 @@ def test_zeroshot_columns():
             "Time",
         ],
         ["clip", "pretrained", "1.23 M", "0.500", "0.520", "0.520", "0.900", "0.500", "2m 05s"],
+        ['Most frequent class ("cube")', "–", "0", "0.300", "0.300", "0.250", "1.000", "0.500", "–"],
     ]
 
 
@@ -270,3 +292,125 @@ def test_write_creates_markdown_and_curves(tmp_path):
         },
     )["mini-clevr"].rstrip("\n")
     assert "![training curves]" not in (tmp_path / "lb" / "vqa-v2.md").read_text()
+
+
+# -- task-driven behaviour: direction, evaluation-only models, stages, extra splits --------------
+
+
+class Counting(Task):
+    """A plugin-style kind whose primary metric is lower-is-better."""
+
+    name = "counting"
+    primary_metric = "mae"
+    metric_names = ("mae", "exact")
+    extra_metrics = {"mae": Metric("mae", higher_is_better=False, description="mean absolute count error")}
+    columns = (("mae", "MAE"), ("exact", "Exact"))
+
+
+@pytest.fixture
+def counting():
+    before = dict(tasks._PLUGIN)
+    tasks.set_plugin_tasks({**before, "counting": Counting()})
+    yield
+    tasks.set_plugin_tasks(before)
+
+
+def test_lower_is_better_primary_metric_sorts_ascending(counting):
+    base = {"test": {"label": "Mean count (3)", "prediction": {"count": 3}, "mae": 1.5, "exact": 0.2}}
+    recs = [
+        record("far", 0, {"mae": 2.0, "exact": 0.1}, kind="counting", baseline=base),
+        record("close", 0, {"mae": 0.5, "exact": 0.6}, kind="counting", baseline=base),
+        record("none", 0, {"exact": 0.9}, kind="counting", baseline=base),  # no primary metric: last
+        record("mid", 0, {"mae": 1.0, "exact": 0.4}, kind="counting", baseline=base),
+    ]
+    df = table(recs)
+    assert list(df["Model"]) == ["close", "mid", "Mean count (3)", "far", "none"]
+    assert list(df["MAE"]) == ["0.500", "1.000", "1.500", "2.000", "–"]
+    assert "Val mae (3 ep)" in df.columns
+
+
+def test_higher_is_better_primary_metric_sorts_descending():
+    recs = [record(m, 0, {"vqa_accuracy": a}) for m, a in (("b", 0.2), ("a", 0.9), ("c", 0.5))]
+    assert list(table(recs)["Model"]) == ["a", "c", "b"]
+
+
+def untrained(model, test, **kw):
+    r = record(model, 0, test, **kw)
+    for key in ("history", "step_losses"):
+        del r[key]
+    r["trained"] = False
+    r["training"] = "not trained (evaluation only)"
+    r["config"] = {"model": {"eval": {"splits": ["val", "test"]}}}
+    return r
+
+
+def test_evaluation_only_models_show_not_trained_and_no_val_curve():
+    recs = [untrained("zs", {"top1": 0.4}, kind="zeroshot"), record("tuned", 0, {"top1": 0.6}, kind="zeroshot")]
+    df = table(recs)
+    assert list(df["Model"]) == ["tuned", "zs"]
+    assert list(df["Trainable params"]) == ["1.23 M", "not trained"]
+    assert list(df["Val top1 (3 ep)"]) == ["0.600", "–"]
+    only = table([untrained("zs", {"top1": 0.4}, kind="zeroshot")])
+    assert [c for c in only.columns if c.startswith("Val")] == []
+
+
+def test_write_draws_no_curves_for_evaluation_only_models(tmp_path):
+    write([untrained("zs", {"top1": 0.4}, kind="zeroshot")], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mini-clevr.md"]
+
+
+def staged(model, test, probe, tune):
+    r = record(model, 0, test)
+    r["stages"] = [
+        {"name": "probe", "best_epoch": 1, "val": {"vqa_accuracy": probe}},
+        {"name": "tune", "best_epoch": 3, "val": {"vqa_accuracy": tune}},
+    ]
+    return r
+
+
+def test_staged_records_get_a_val_column_per_stage():
+    single = record("single", 0, {"vqa_accuracy": 0.5})
+    single["stages"] = [{"name": "train", "best_epoch": 3, "val": {"vqa_accuracy": 0.6}}]
+    df = table([staged("lora", {"vqa_accuracy": 0.7}, 0.4, 0.66), single])
+    assert "Val vqa_accuracy after probe" in df.columns and "Val vqa_accuracy after tune" in df.columns
+    assert "Val vqa_accuracy after train" not in df.columns
+    assert list(df["Val vqa_accuracy after probe"]) == ["0.400", "–"]
+    assert list(df["Val vqa_accuracy after tune"]) == ["0.660", "–"]
+
+
+def test_single_stage_records_get_no_stage_columns():
+    r = record("single", 0, {"vqa_accuracy": 0.5})
+    r["stages"] = [{"name": "train", "best_epoch": 3, "val": {"vqa_accuracy": 0.6}}]
+    assert not [c for c in table([r]).columns if "after" in c]
+
+
+def test_extra_evaluated_splits_get_a_primary_metric_column():
+    r = record("da", 0, {"vqa_accuracy": 0.7}, baseline=majority({"test": 0.4, "target_test": 0.3}))
+    r["final"]["target_test"] = {"vqa_accuracy": 0.55}
+    r["final"]["val"] = {"vqa_accuracy": 0.69}
+    df = table([r, record("plain", 0, {"vqa_accuracy": 0.6})])
+    assert list(df["Test Acc (target_test)"]) == ["0.550", "–", "0.300"]
+    assert not any("(val)" in c for c in df.columns)
+
+
+def test_answerability_baseline_row_uses_its_label():
+    base = {
+        "test": {
+            "label": "Prior (answerable 0.80)",
+            "prediction": {"answerable_score": 0.8, "answer": "yes"},
+            "ap_unanswerable": 0.2,
+            "auroc": 0.5,
+            "f1_unanswerable": 0.0,
+            "accuracy": 0.8,
+            "vqa_accuracy": 0.3,
+        }
+    }
+    test = {"ap_unanswerable": 0.6, "auroc": 0.8, "accuracy": 0.85, "vqa_accuracy": 0.5}
+    df = table([record("m", 0, test, kind="answerability", baseline=base)])
+    assert list(df["Model"]) == ["m", "Prior (answerable 0.80)"]
+    assert list(df["AP (unanswerable)"]) == ["0.600", "0.200"]
+    assert "F1 @0.5" not in df.columns
+    assert list(df["VQA Acc"]) == ["0.500", "0.300"]
+    # A column only the baseline has is left out (as optional metrics are).
+    df = table([record("m", 0, {"ap_unanswerable": 0.6}, kind="answerability", baseline=base)])
+    assert "VQA Acc" not in df.columns and "AUROC" not in df.columns

@@ -4,6 +4,7 @@ import pytest
 
 from vqabench.registry import DatasetSpec, ModelRef, ModelSpec, PluginInfo, Registry, did_you_mean
 from vqabench.tasks import TaskKind
+from vqabench.tasks.base import Task
 
 
 @dataclass(frozen=True)
@@ -103,14 +104,63 @@ def test_add_rejects_inner_space():
         Registry().add("dataset", dataset("mini clevr"), "p")
 
 
-@pytest.mark.parametrize("kind", ["vqa", 3, None])
-def test_add_rejects_non_task_kind(kind):
+@pytest.mark.parametrize("kind", ["nope", 3, None])
+def test_add_rejects_unknown_task_kind(kind):
     reg = Registry()
     with pytest.raises(
-        ValueError, match=r"plugin 'p': dataset 'd' declares unknown task kind .*; use vqabench\.tasks\.TaskKind"
+        ValueError,
+        match=r"plugin 'p': dataset 'd' declares unknown task kind .*; known kinds: vqa, answerability, zeroshot, "
+        r"captioning \(a plugin adds one with the register_tasks hook\)",
     ):
         reg.add("dataset", dataset("d", kinds=(TaskKind.VQA, kind)), "p")
     assert reg.datasets == {}
+
+
+def test_task_kinds_are_stored_as_plain_strings():
+    reg = Registry()
+    reg.add("dataset", dataset("d", kinds=(TaskKind.VQA, "zeroshot")), "p")
+    kinds = reg.dataset("d").task_kinds
+    assert kinds == ("vqa", "zeroshot") and all(type(k) is str for k in kinds)
+    assert TaskKind.VQA == "vqa" and TaskKind.VQA in kinds
+
+
+class Counting(Task):
+    name = "counting"
+    primary_metric = "mae"
+    metric_names = ("mae", "exact")
+
+
+def test_registry_starts_with_the_builtin_task_kinds():
+    assert list(Registry().tasks) == ["vqa", "answerability", "zeroshot", "captioning"]
+
+
+def test_add_task_then_a_dataset_may_declare_it():
+    reg = Registry()
+    task = Counting()
+    reg.add_task(task, "count-plugin")
+    assert reg.tasks["counting"] is task and reg.owner[("task", "counting")] == "count-plugin"
+    reg.add("dataset", dataset("d", kinds=("counting",)), "other")
+    assert reg.dataset("d").task_kinds == ("counting",)
+
+
+def test_add_task_rejects_a_taken_name_naming_the_owner():
+    reg = Registry()
+    reg.add_task(Counting(), "first")
+    with pytest.raises(ValueError, match=r"plugin 'second': task kind 'counting' is already registered by 'first'"):
+        reg.add_task(Counting(), "second")
+    with pytest.raises(ValueError, match=r"plugin 'p': task kind 'vqa' is already registered by 'vqabench'"):
+        reg.add_task(type("Mine", (Counting,), {"name": "vqa"})(), "p")
+
+
+def test_add_task_rejects_bad_tasks():
+    reg = Registry()
+    with pytest.raises(ValueError, match=r"plugin 'p' registered a dict, expected a vqabench\.tasks\.base\.Task"):
+        reg.add_task({"name": "x"}, "p")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"plugin 'p': invalid task kind name 'a/b'"):
+        reg.add_task(type("Bad", (Counting,), {"name": "a/b"})(), "p")
+    with pytest.raises(ValueError, match=r"task kind 'counting': primary_metric must be one of metric_names"):
+        reg.add_task(type("Bad", (Counting,), {"primary_metric": "rmse"})(), "p")
+    assert "counting" not in reg.tasks
 
 
 def test_add_rejects_wrong_spec_type():

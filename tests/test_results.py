@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from vqabench import results
+from vqabench import files
 from vqabench.results import (
     RECORD_FIELDS,
     SCHEMA_VERSION,
@@ -41,7 +41,7 @@ def test_atomic_write_text_keeps_old_content_when_rename_fails(tmp_path, monkeyp
     def boom(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(results.os, "replace", boom)
+    monkeypatch.setattr(files.os, "replace", boom)
     with pytest.raises(OSError, match="disk gone"):
         atomic_write_text(path, "new")
     assert path.read_text() == "old"
@@ -209,5 +209,47 @@ def test_record_fields_document_every_field():
         "baseline",
         "history",
         "config_hash",
+        "trained",
+        "stages",
+        "resumed_from",
+        "vocab",
     } <= set(RECORD_FIELDS)
     assert all(isinstance(v, str) and v for v in RECORD_FIELDS.values())
+    # Fields only a trained model's record has say so.
+    for name in ("history", "step_losses", "stages", "best_epoch", "resumed_from"):
+        assert RECORD_FIELDS[name].startswith("trained only")
+
+
+def test_schema_version_is_2():
+    assert SCHEMA_VERSION == 2
+
+
+def test_ledger_has_a_running_state(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.set("c", "pending")
+    ledger.set("c", "running")
+    assert Ledger(tmp_path).cells["c"]["state"] == "running"
+    assert Ledger(tmp_path).summary() == [("c", "running", "")]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_atomic_write_json_is_strict_and_keeps_old_content(tmp_path, value):
+    path = tmp_path / "r.json"
+    path.write_text('{"old": true}')
+    with pytest.raises(ValueError, match=r"cannot write strict JSON: .*NaN or infinite"):
+        atomic_write_json(path, {"final": {"test": {"vqa_accuracy": value}}})
+    assert path.read_text() == '{"old": true}'
+    assert os.listdir(tmp_path) == ["r.json"]
+
+
+def test_write_jsonl_is_strict(tmp_path):
+    with pytest.raises(ValueError, match="strict JSON"):
+        write_jsonl(tmp_path / "p.jsonl", [{"confidence": float("nan")}])
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_read_record_rejects_bare_nan(tmp_path):
+    path = tmp_path / "record.json"
+    path.write_text(f'{{"schema": {SCHEMA_VERSION}, "x": NaN}}')
+    with pytest.raises(ValueError, match="bare NaN is not strict JSON"):
+        read_record(path)

@@ -6,3 +6,10 @@ try:
     __version__ = version("vqabench")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
+
+
+def create_model(name: str, **kwargs):
+    """A ready model (``vqabench.factory.create_model``); imported lazily, so ``import vqabench`` stays light."""
+    from vqabench.factory import create_model as _create
+
+    return _create(name, **kwargs)

@@ -7,7 +7,7 @@ Epochs are timed without augmentation, so that cached and uncached epochs do the
 
 from __future__ import annotations
 
-import resource
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -16,13 +16,14 @@ from typing import Any
 import torch
 
 from vqabench import evaluate
+from vqabench.cell import RunOptions, prepare, resolve
 from vqabench.config import config_hash
-from vqabench.data import Batches, ImageStore
+from vqabench.device import device_name, peak_memory
 from vqabench.engine import make_optimizer, train_epoch
 from vqabench.features import FeatureStore
 from vqabench.model import count_parameters
 from vqabench.registry import PluginInfo, Registry
-from vqabench.runner import RunOptions, augmentations, build_model, device_name, pick_device, plan, resolve
+from vqabench.runner import plan
 
 FIELDS = [
     "model",
@@ -47,66 +48,42 @@ FIELDS = [
 ]
 
 
-def _peak(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def bench(
-    registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_steps: int | None = None
-) -> list[dict[str, Any]]:
-    """One row of measurements per planned cell (see FIELDS)."""
+def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_steps: int | None = None) -> list[dict[str, Any]]:
+    """One row of measurements per planned cell (see FIELDS), prepared exactly as a run prepares it."""
     cells, _ = plan(registry, opts)
-    device = pick_device(opts.device)
-    prepared: dict[tuple[str, str], tuple[float, int]] = {}
+    prepared_data: dict[tuple[str, str], tuple[float, int]] = {}
     rows = []
     for cell in cells:
         mcfg, dcfg = resolve(cell, opts)
         dkey = (cell.dataset.name, config_hash(dcfg))
-        if dkey not in prepared:  # preparation from scratch (generation, for synthetic data)
+        if dkey not in prepared_data:  # preparation from scratch (generation, for synthetic data)
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 fresh = cell.dataset.load(dcfg, cell.kind, Path(tmp))
-                prepared[dkey] = (time.perf_counter() - t0, len({s.image for v in fresh.splits.values() for s in v}))
+                images = len({cell.task.image_of(s) for v in fresh.splits.values() for s in v})
+                prepared_data[dkey] = (time.perf_counter() - t0, images)
         data = cell.dataset.load(dcfg, cell.kind, opts.cache_dir)
-        model, compiled = build_model(cell, mcfg, data, device, opts.seed)
-        train, val = data.split("train"), data.split("val")
-        store = ImageStore.build(
-            [s.image for s in train + val], model.image_size, opts.cache_dir, data.revision, opts.progress
-        )
-        store = store.place(device)
-        index = {a: i for i, a in enumerate(data.answer_vocab or [])}
-        cfg = mcfg.train
-
-        def batches(samples: list, features: Any = None, shuffle: bool = True) -> Batches:
-            return Batches(
-                cell.kind, samples, store, cfg.batch_size, shuffle, opts.seed, index, features, device=device
-            )
-
-        row: dict[str, Any] = {
-            "model": str(cell.ref),
-            "task": f"{cell.dataset.name}/{cell.kind.value}",
-            "device": device_name(device),
-        }
+        # Timed epochs run uncached first: the cache is switched on below, by hand.
+        prep = prepare(cell, dataclasses.replace(opts, no_cache=True), mcfg, dcfg, data)
+        prep.opts = opts
+        model, device, cfg = prep.model, prep.device, prep.train
+        row: dict[str, Any] = {"model": str(cell.ref), "task": f"{cell.dataset.name}/{cell.kind}"}
+        row["device"] = device_name(device)
         row["trainable_params"] = count_parameters(model)[0]
-        row["compiled"] = ",".join(compiled) or "no"
-        opt = make_optimizer(model, cfg) if model.trains else None
-        if opt is not None:
+        row["compiled"] = ",".join(prep.compiled) or "no"
+        opt = None
+        if cfg is not None:
+            stage = cfg.resolved_stages()[0]
+            model.begin_stage(stage)
+            opt = make_optimizer(model, dict(stage.lrs), cfg.weight_decay, strict=not cfg.stages)
             # Warm-up outside the timing (allocator, lazy init, kernels); compiled methods also
             # see a second batch shape there, so that their recompilation for dynamic shapes is
             # not timed either.
-            train_epoch(model, batches(train), opt, None, cfg, device, max_steps=3 if compiled else 1)
+            warm = 3 if prep.compiled else 1
+            train_epoch(model, prep.batches("train", True), opt, None, cfg, device, max_steps=warm)
             plain = train_epoch(
-                model,
-                batches(train),
-                opt,
-                None,
-                cfg,
-                device,
-                max_steps=max_steps,
-                progress=opts.progress,
-                desc="uncached",
+                model, prep.batches("train", True), opt, None, cfg, device, max_steps=max_steps,
+                progress=opts.progress, desc="uncached",
             )
             row.update(
                 train_steps=len(plain.losses),
@@ -115,27 +92,20 @@ def bench(
                 train_samples_per_s=plain.samples / plain.seconds,
             )
         stem = model.image_stem()
-        features = None
         if stem is not None:
             t0 = time.perf_counter()
-            features, _ = FeatureStore.build(stem, store, None, data.revision, device, cfg.precision)
+            features, _ = FeatureStore.build(stem, prep.store, None, data.revision, device, cfg.precision if cfg else "auto")
             if device.type == "cuda":
                 torch.cuda.synchronize()
             row["cache_build_s"] = time.perf_counter() - t0
-            used, _ = augmentations(cell, data, cfg.augment)
             # The bench trains without augmentation; a run of an augmented recipe cannot cache.
+            used = prep.used_aug
             row["cache"] = stem.name if not used else f"{stem.name} (not in runs: they augment with {', '.join(used)})"
             if opt is not None:
+                prep.features = features
                 cached = train_epoch(
-                    model,
-                    batches(train, features),
-                    opt,
-                    None,
-                    cfg,
-                    device,
-                    max_steps=max_steps,
-                    progress=opts.progress,
-                    desc="cached",
+                    model, prep.batches("train", True), opt, None, cfg, device, max_steps=max_steps,
+                    progress=opts.progress, desc="cached",
                 )
                 row.update(
                     cached_epoch_s=cached.seconds,
@@ -144,13 +114,15 @@ def bench(
                 )
         else:
             row["cache"] = "none (no frozen image stem)"
+        split = "val" if "val" in prep.splits else prep.eval.splits[0]
+        samples = prep.splits[split]
         t0 = time.perf_counter()
-        evaluate.predict(model, batches(val, shuffle=False), val, cell.kind, device, cfg.precision)
+        evaluate.predict(model, prep.batches(split), samples, cell.kind, device, prep.eval.precision)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        row["inference_images_per_s"] = len({s.image for s in val}) / (time.perf_counter() - t0)
-        row["prepare_data_s"], row["prepare_images"] = prepared[dkey]
-        row["peak_memory_bytes"] = _peak(device)
-        row["memory_measured"] = "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"
+        row["inference_images_per_s"] = len({cell.task.image_of(s) for s in samples}) / (time.perf_counter() - t0)
+        row["prepare_data_s"], row["prepare_images"] = prepared_data[dkey]
+        memory = peak_memory(device)
+        row["peak_memory_bytes"], row["memory_measured"] = memory["peak_bytes"], memory["measured"]
         rows.append({k: row.get(k) for k in FIELDS})
     return rows

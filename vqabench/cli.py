@@ -39,13 +39,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             i.distribution,
             i.version,
             i.status,
+            ", ".join(i.tasks) or "–",
             ", ".join(i.datasets) or "–",
             ", ".join(i.models) or "–",
             i.error or "",
         ]
         for i in infos
     ]
-    print(tabulate(rows, headers=["plugin", "distribution", "version", "status", "datasets", "models", "error"]))
+    print(tabulate(rows, headers=["plugin", "distribution", "version", "status", "task kinds", "datasets", "models", "error"]))
     return 0
 
 
@@ -82,8 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cells, skipped = plan(registry, opts)
     print(
         tabulate(
-            [[str(c.ref), f"{c.dataset.name}/{c.kind.value}", "planned", ""] for c in cells]
-            + [[*label.split(" x "), "skipped", why] for label, why in skipped],
+            [[str(c.ref), f"{c.dataset.name}/{c.kind}", "planned", ""] for c in cells]
+            + [[s.model, s.task, "skipped", s.reason] for s in skipped],
             headers=["model", "task", "status", "reason"],
         )
     )
@@ -121,6 +122,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from vqabench import leaderboard
+    from vqabench.plugins import load_plugins
+
+    load_plugins()  # task kinds that plugins register render with their own columns
     from vqabench.results import iter_records
 
     records = [r for _, r in iter_records(Path(args.runs))]
@@ -133,6 +137,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from vqabench.gate import check, load_thresholds
+    from vqabench.plugins import load_plugins
+
+    load_plugins()
 
     rows = check(load_thresholds(Path(args.thresholds)), Path(args.runs))
     print(tabulate(rows, headers="keys"))
@@ -146,7 +153,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from vqabench.bench import bench
     from vqabench.plugins import load_plugins
-    from vqabench.results import atomic_write_text
+    from vqabench.files import atomic_write_text
     from vqabench.runner import RunOptions
 
     opts = RunOptions(
@@ -183,7 +190,10 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from vqabench.plugins import load_plugins
     from vqabench.rescore import rescore
+
+    load_plugins()
 
     for path, changed in rescore(Path(args.runs), spice=args.spice):
         print(f"{'updated' if changed else 'unchanged'} {path}")

@@ -17,16 +17,44 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-PROFILES = ("quick", "paper")
+SCHEDULES = ("cosine", "step")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a staged recipe: its own epochs, trained parameter groups and schedule.
+
+    ``lrs`` names the parameter groups that train in this stage (the others are frozen for it).
+    Fields left None take the recipe's value (``TrainConfig``). The model's ``begin_stage`` is
+    called before the stage starts, so it may change itself (add adapters) first.
+    """
+
+    name: str
+    epochs: int | None = None
+    lrs: Mapping[str, float] = field(default_factory=dict)
+    warmup_epochs: float | None = None
+    schedule: str | None = None
+    step_every: int | None = None
+    step_gamma: float | None = None
+    streams: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training recipe shared by every family (defaults: report 000)."""
+    """The training recipe shared by every family (defaults: report 000).
+
+    A recipe is one or more stages. Without ``stages`` it is one stage named "train" made of the
+    top-level fields; with ``stages`` each stage takes what it leaves None from them.
+    """
 
     epochs: int = 15
     batch_size: int = 128
     warmup_epochs: float = 2.0
+    # "cosine": linear warm-up then cosine decay to 0; "step": warm-up then the rate times
+    # ``step_gamma`` every ``step_every`` epochs (report 001).
+    schedule: str = "cosine"
+    step_every: int = 1
+    step_gamma: float = 0.1
     label_smoothing: float = 0.05
     weight_decay: float = 0.01
     grad_accum: int = 1
@@ -37,11 +65,77 @@ class TrainConfig:
     # torch.compile the model's per-step image path (TaskModel.compiled_methods). Off until
     # measured to help: on CPU, torch 2.15's inductor aborts the process on the ResNet path.
     compile: bool = False
-    best_metric: str = "vqa_accuracy"
-    eval_splits: tuple[str, ...] = ("val", "test")
+    # The validation metric that picks the best checkpoint: "" for the task's primary metric, or
+    # any metric the task produces, or "val_loss". Its direction comes from the metric definition.
+    best_metric: str = ""
     augment: tuple[str, ...] = ()  # names from vqabench.augment; unsafe ones are dropped per dataset
     # Report 000 quotes validation accuracy at these epochs besides the last.
     report_epochs: tuple[int, ...] = (10,)
+    # Splits trained on together (e.g. "train" and an unlabelled "target_train"); the first is
+    # the epoch's length, shorter ones cycle. The model's loss gets a dict of batches by split
+    # when there is more than one.
+    streams: tuple[str, ...] = ("train",)
+    val_every: int = 1  # validate every N epochs (and after the last); for costly validation
+    val_limit: int | None = None  # validate on a seeded sample of at most N val samples
+    # Answer targets of classification VQA: "hard" (one label per question) or "soft" (every
+    # vocabulary answer scored as the official VQA metric scores it, for BCE-style heads).
+    targets: str = "hard"
+    stages: tuple[Stage, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule {self.schedule!r}: choose {' or '.join(SCHEDULES)}")
+        if self.targets not in ("hard", "soft"):
+            raise ValueError(f"train.targets {self.targets!r}: choose hard or soft")
+        if self.val_every < 1:
+            raise ValueError(f"train.val_every must be >= 1, got {self.val_every}")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"train.stages: stage names must be unique, got {names}")
+
+    def resolved_stages(self) -> tuple[Stage, ...]:
+        """Every stage with its None fields filled from the recipe."""
+        if not self.stages:
+            return (
+                Stage("train", self.epochs, dict(self.lrs), self.warmup_epochs, self.schedule, self.step_every,
+                      self.step_gamma, self.streams),
+            )
+        out = []
+        for s in self.stages:
+            out.append(
+                Stage(
+                    s.name,
+                    self.epochs if s.epochs is None else s.epochs,
+                    dict(s.lrs) or dict(self.lrs),
+                    self.warmup_epochs if s.warmup_epochs is None else s.warmup_epochs,
+                    s.schedule or self.schedule,
+                    self.step_every if s.step_every is None else s.step_every,
+                    self.step_gamma if s.step_gamma is None else s.step_gamma,
+                    s.streams or self.streams,
+                )
+            )
+            if out[-1].schedule not in SCHEDULES:
+                raise ValueError(f"train.stages.{s.name}.schedule {s.schedule!r}: choose {' or '.join(SCHEDULES)}")
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a model is evaluated, apart from any training: batch size, splits, precision."""
+
+    batch_size: int = 128
+    splits: tuple[str, ...] = ("val", "test")
+    precision: str = "auto"
+
+
+def train_config(model_config: Any) -> TrainConfig | None:
+    """The model config's training recipe, or None for a model that does not train."""
+    return getattr(model_config, "train", None)
+
+
+def eval_config(model_config: Any) -> EvalConfig:
+    """The model config's evaluation settings (defaults when it has none)."""
+    return getattr(model_config, "eval", None) or EvalConfig()
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -101,11 +195,35 @@ def apply_overrides(obj: Any, overrides: Mapping[str, Any], *, where: str = "con
         current = getattr(obj, head)
         if dataclasses.is_dataclass(current):
             direct[head] = apply_overrides(current, sub, where=f"{where}.{head}")
+        elif isinstance(current, tuple) and current and all(dataclasses.is_dataclass(c) for c in current):
+            direct[head] = _override_items(current, sub, where=f"{where}.{head}")
         elif isinstance(current, Mapping):  # e.g. train.lrs.head=1e-3 merges one learning rate
             direct[head] = {**current, **{k: _coerce(v, float, f"{where}.{head}.{k}") for k, v in sub.items()}}
         else:
             raise ValueError(f"{where}: field {head!r} has no sub-fields (got {head}.{next(iter(sub))})")
     return dataclasses.replace(obj, **direct)
+
+
+def _override_items(items: tuple, overrides: Mapping[str, Any], *, where: str) -> tuple:
+    """Overrides into a tuple of dataclasses, each addressed by its ``name`` or index (stages)."""
+    names = [str(getattr(item, "name", i)) for i, item in enumerate(items)]
+    per: dict[int, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head in names:
+            index = names.index(head)
+        elif head.isdigit() and int(head) < len(items):
+            index = int(head)
+        else:
+            from vqabench.registry import did_you_mean
+
+            raise ValueError(f"{where}: no item {head!r}{did_you_mean(head, names)}")
+        if not rest:
+            raise ValueError(f"{where}.{head}: name a field, e.g. {where}.{head}.epochs=2")
+        per.setdefault(index, {})[rest] = value
+    return tuple(
+        apply_overrides(item, per[i], where=f"{where}.{names[i]}") if i in per else item for i, item in enumerate(items)
+    )
 
 
 def to_jsonable(obj: Any) -> Any:

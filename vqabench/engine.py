@@ -1,82 +1,96 @@
 """The training engine every family shares.
 
-AdamW over named parameter groups with their own learning rates, linear warm-up then cosine
-decay, gradient accumulation and clipping, bf16 autocast on GPU, validation every epoch with the
-metric history kept, the best checkpoint by a chosen metric, and safetensors checkpoints that a
-killed run resumes from.
+A recipe is one or more stages (``vqabench.config.Stage``). For each stage, in order:
+
+1. the model may change itself (``begin_stage``: add adapters, freeze a part), then the groups
+   the stage does not train are frozen for it;
+2. the caller builds the stage's training streams (so the feature cache follows what is frozen);
+3. AdamW over the stage's parameter groups, each with its learning rate; linear warm-up then
+   cosine decay, or step decay every N epochs; gradient accumulation and clipping; bf16 autocast
+   on GPU; the training progress p in [0, 1] over the whole recipe is given to the model;
+4. validation every ``val_every`` epochs (and after the last), the best checkpoint kept by the
+   selection metric in its own direction;
+5. at the end of the stage the best weights are restored and the next stage starts from them.
+
+Every epoch writes one checkpoint set (weights, optimizer, scheduler, every RNG: no pickle) as
+one directory, so a run killed anywhere resumes where it was and ends as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from itertools import cycle, islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from vqabench.config import TrainConfig
-from vqabench.evaluate import autocast
-
-Validate = Callable[[int], dict[str, Any]]
+from vqabench.checkpoint import load_checkpoint, load_weights_file, save_checkpoint
+from vqabench.config import Stage, TrainConfig
+from vqabench.device import autocast
+from vqabench.files import atomic_path, recover_dir
+from vqabench.metrics.base import Metric
+from vqabench.tasks.base import Streams
 
 
 @dataclass
 class FitResult:
-    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch, every stage
     step_losses: list[float] = field(default_factory=list)
-    best_epoch: int = 0
-    best_value: float = -math.inf
+    stages: list[dict[str, Any]] = field(default_factory=list)  # per stage: best epoch, its val metrics
+    best_epoch: int = 0  # of the last stage, counted over the whole recipe
     train_seconds: float = 0.0
     train_images: int = 0  # distinct images encoded (one per image per step)
     train_samples: int = 0
-    resumed_from: int = 0
+    resumed_from: dict[str, Any] | None = None  # {"stage": name, "epoch": n} when a run resumed
 
 
-def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters and all buffers: what a checkpoint must keep (frozen weights reload)."""
-    state = {n: p for n, p in model.named_parameters() if p.requires_grad}
+def trained_state(model: torch.nn.Module, names: set[str]) -> dict[str, torch.Tensor]:
+    """The parameters named in ``names`` (those trained in any stage so far) and every buffer."""
+    state = {n: p for n, p in model.named_parameters() if n in names}
     state.update(dict(model.named_buffers()))
     return {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Write the trainable state as safetensors, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(_trainable_state(model), str(tmp))
-    os.replace(tmp, path)
-
-
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    state = load_file(str(path))
-    missing = set(_trainable_state(model)) - set(state)
+def restore(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
+    """Load a checkpoint's tensors into ``model``; every trainable parameter must be there."""
+    missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(weights)
     if missing:
         raise RuntimeError(
-            f"checkpoint {path} lacks {len(missing)} tensors (e.g. {sorted(missing)[0]}); delete it to retrain"
+            f"checkpoint {where} lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}); "
+            f"delete {where.parent} to retrain"
         )
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(weights, strict=False)
 
 
-def make_optimizer(model: Any, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: Any, lrs: dict[str, float], weight_decay: float, *, strict: bool = True) -> torch.optim.AdamW:
+    """AdamW over the model's parameter groups that have a rate in ``lrs``.
+
+    ``strict``: a group with trainable parameters but no rate is an error (single-stage recipes);
+    staged recipes list the groups each stage trains.
+    """
     groups = []
     for name, params in model.param_groups().items():
         params = [p for p in params if p.requires_grad]
         if not params:
             continue
-        if name not in cfg.lrs:
-            raise ValueError(
-                f"parameter group {name!r} of {type(model).__name__} has no learning rate; "
-                f"set one with --lr {name}=VALUE (recipe has: {', '.join(cfg.lrs) or 'none'})"
-            )
-        groups.append({"params": params, "lr": cfg.lrs[name], "name": name})
+        if name not in lrs:
+            if strict:
+                raise ValueError(
+                    f"parameter group {name!r} of {type(model).__name__} has no learning rate; "
+                    f"set one with --lr {name}=VALUE (recipe has: {', '.join(lrs) or 'none'})"
+                )
+            continue
+        groups.append({"params": params, "lr": lrs[name], "name": name})
     if not groups:
-        raise ValueError(f"{type(model).__name__} has no trainable parameters")
-    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        raise ValueError(
+            f"{type(model).__name__} has no trainable parameters in groups {', '.join(lrs) or '(none)'}; "
+            f"it has: {', '.join(model.param_groups())}"
+        )
+    return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -91,12 +105,54 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
+def warmup_step(warmup_steps: int, decay_every: int, gamma: float) -> Callable[[int], float]:
+    """Learning-rate multiplier: linear warm-up to 1, then times ``gamma`` every ``decay_every`` steps."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return gamma ** (step // max(1, decay_every))
+
+    return factor
+
+
+def make_scheduler(opt: torch.optim.Optimizer, stage: Stage, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = round(steps_per_epoch * (stage.warmup_epochs or 0.0))
+    if stage.schedule == "step":
+        fn = warmup_step(warmup, steps_per_epoch * (stage.step_every or 1), stage.step_gamma or 0.1)
+    else:
+        fn = warmup_cosine(steps_per_epoch * (stage.epochs or 0), warmup)
+    return torch.optim.lr_scheduler.LambdaLR(opt, fn)
+
+
 @dataclass
 class EpochStats:
     losses: list[float]
     images: int
     samples: int
     seconds: float
+
+
+def _steps(streams: dict[str, Any], max_steps: int | None) -> tuple[int, Any]:
+    """(number of steps, iterator of batches): the first stream sets the length, the others cycle."""
+    names = list(streams)
+    first = streams[names[0]]
+    n = len(first) if max_steps is None else min(max_steps, len(first))
+    if len(names) == 1:
+        return n, islice(iter(first), n)
+    others = {k: cycle_batches(streams[k]) for k in names[1:]}
+    return n, (Streams({names[0]: b, **{k: next(it) for k, it in others.items()}}) for b in islice(iter(first), n))
+
+
+def cycle_batches(batches: Any):
+    """Batches forever: a new pass (and shuffle) each time the split runs out."""
+    while True:
+        empty = True
+        for b in batches:
+            empty = False
+            yield b
+        if empty:
+            raise ValueError("a training stream has no samples")
 
 
 def train_epoch(
@@ -112,30 +168,32 @@ def train_epoch(
     max_steps: int | None = None,
     desc: str = "train",
     progress: bool = False,
+    step_offset: int = 0,
+    total_steps: int = 0,
 ) -> EpochStats:
-    """One pass over ``batches`` (or ``max_steps`` of them): forward, backward, step; timed."""
+    """One pass over the streams (``batches``: one Batches or a dict of them by split): timed."""
     model.train()
     gen = gen if gen is not None else torch.Generator().manual_seed(0)
-    n_batches = len(batches) if max_steps is None else min(max_steps, len(batches))
+    streams = batches if isinstance(batches, dict) else {"train": batches}
+    n_batches, it = _steps(streams, max_steps)
     losses: list[torch.Tensor] = []
     images = samples = 0
     t0 = time.perf_counter()
-    bar = tqdm(batches, total=n_batches, desc=desc, unit="batch", disable=not progress, leave=False)
+    bar = tqdm(it, total=n_batches, desc=desc, unit="batch", disable=not progress, leave=False)
     opt.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
-        if i >= n_batches:
-            break
         batch = batch.to(device)
         if augment is not None:
-            batch.images = augment(batch.images, gen)
-        if device.type == "cuda" and batch.images.dim() == 4 and batch.images.numel():
-            batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+            batch.map_images(lambda x: augment(x, gen))
+        if device.type == "cuda":
+            batch.map_images(lambda x: x.contiguous(memory_format=torch.channels_last))
+        model.progress = (step_offset + i) / max(1, total_steps)
         with autocast(device, cfg.precision):
             loss = model.loss(batch)
         (loss / cfg.grad_accum).backward()
         losses.append(loss.detach())
-        images += batch.images.shape[0]
-        samples += len(batch.ids)
+        images += batch.num_images
+        samples += batch.num_samples
         if (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches:
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
@@ -150,14 +208,33 @@ def train_epoch(
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return EpochStats(torch.stack(losses).float().cpu().tolist() if losses else [], images, samples, seconds)
+    values = torch.stack(losses).float().cpu().tolist() if losses else []
+    bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise FloatingPointError(
+            f"training loss is {values[bad]} at step {step_offset + bad + 1} ({desc}); "
+            f"lower the learning rate (--lr) or use train.precision=fp32"
+        )
+    return EpochStats(values, images, samples, seconds)
+
+
+def _stage_dirs(ckpt_dir: Path, index: int, stage: Stage) -> tuple[Path, Path, Path]:
+    sdir = ckpt_dir / f"{index + 1}-{stage.name}"
+    return sdir / "last", sdir / "best.safetensors", sdir / "done"
+
+
+def _better(value: float, best: float | None, metric: Metric) -> bool:
+    if best is None:
+        return True
+    return value > best if metric.higher_is_better else value < best
 
 
 def fit(
     model: Any,
-    train_batches: Any,
-    validate: Validate,
     cfg: TrainConfig,
+    streams_for: Callable[[Stage], dict[str, Any]],
+    validate: Callable[[], dict[str, Any]],
+    best_metric: Metric,
     device: torch.device,
     ckpt_dir: Path,
     *,
@@ -165,78 +242,182 @@ def fit(
     seed: int = 0,
     progress: bool = True,
 ) -> FitResult:
-    """Train ``model`` for ``cfg.epochs``, validating each epoch; resume from ``ckpt_dir``."""
+    """Train ``model`` through the recipe's stages, validating as it asks; resume from ``ckpt_dir``.
+
+    ``streams_for(stage)`` returns the stage's training batches by split (the first one sets the
+    epoch length); ``validate()`` returns scalar validation metrics, ``best_metric`` among them.
+    """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    opt = make_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(train_batches) / cfg.grad_accum)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, warmup_cosine(steps_per_epoch * cfg.epochs, round(steps_per_epoch * cfg.warmup_epochs))
-    )
+    stages = cfg.resolved_stages()
+    explicit = bool(cfg.stages)
     result = FitResult()
     gen = torch.Generator().manual_seed(seed)
-    start = 0
-    last, trainer = ckpt_dir / "last.safetensors", ckpt_dir / "trainer.pt"
-    if last.exists() and trainer.exists():
-        state = torch.load(trainer, map_location="cpu", weights_only=False)
-        load_weights(model, last)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        result = state["result"]
-        start = result.resumed_from = state["epoch"]
-        train_batches.epoch = start
-
-    for epoch in range(start, cfg.epochs):
-        stats = train_epoch(
-            model,
-            train_batches,
-            opt,
-            sched,
-            cfg,
-            device,
-            augment,
-            gen,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            progress=progress,
+    trained: set[str] = set()
+    total_steps = 0
+    epoch_base = 0
+    for index, stage in enumerate(stages):
+        # Model changes and freezing first: the streams' feature cache depends on what is frozen.
+        model.begin_stage(stage)
+        frozen = _freeze_unlisted(model, stage, explicit)
+        last, best_path, done = _stage_dirs(ckpt_dir, index, stage)
+        if recover_dir(done) is not None:
+            ck = load_checkpoint(done, generators={"augment": gen})
+            restore(model, ck.weights, done)
+            result.stages.append(ck.meta["stage"])
+            result.history.extend(ck.meta["history"])
+            result.step_losses.extend(ck.meta["step_losses"])
+            for k in ("train_seconds", "train_images", "train_samples"):
+                setattr(result, k, getattr(result, k) + ck.meta[k])
+            trained.update(ck.meta["trained"])
+            result.best_epoch = ck.meta["stage"]["best_epoch"]
+            total_steps = total_steps or ck.meta["total_steps"]
+            _unfreeze(frozen)
+            epoch_base += stage.epochs or 0
+            continue
+        streams = streams_for(stage)
+        if not total_steps:
+            # The progress p runs over every stage's steps; stages are taken as long as this one.
+            total_steps = sum(s.epochs or 0 for s in stages) * len(next(iter(streams.values())))
+        stage_result = _fit_stage(
+            model, cfg, stage, index, streams, validate, best_metric, device, (last, best_path, done),
+            augment=augment, gen=gen, explicit=explicit, trained=trained, epoch_base=epoch_base,
+            total_steps=total_steps, progress=progress, result=result,
         )
-        seconds = stats.seconds
-        result.train_seconds += seconds
-        result.train_images += stats.images
-        result.train_samples += stats.samples
-        step_losses = stats.losses
-        result.step_losses.extend(step_losses)
-        metrics = validate(epoch + 1)
-        entry = {
-            "epoch": epoch + 1,
-            "train_loss": sum(step_losses) / max(1, len(step_losses)),
-            "seconds": seconds,
-            "lr": {g["name"]: g["lr"] for g in opt.param_groups},
-            "val": metrics,
-        }
-        result.history.append(entry)
-        value = metrics.get(cfg.best_metric)
-        if value is None:
-            raise KeyError(f"best_metric {cfg.best_metric!r} is not among the validation metrics: {', '.join(metrics)}")
-        if value > result.best_value:
-            result.best_value, result.best_epoch = value, epoch + 1
-            save_weights(model, ckpt_dir / "best.safetensors")
-        save_weights(model, last)
-        tmp = trainer.with_name(".trainer.pt.tmp")
-        torch.save(
-            {
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "generator": gen.get_state(),
-                "result": result,
-                "epoch": epoch + 1,
-            },
-            tmp,
-        )
-        os.replace(tmp, trainer)
-        if progress:
-            tqdm.write(
-                f"  epoch {epoch + 1}: loss {entry['train_loss']:.4f}  val {cfg.best_metric} {value:.4f}  ({seconds:.1f}s)"
-            )
-    if (ckpt_dir / "best.safetensors").exists():
-        load_weights(model, ckpt_dir / "best.safetensors")
+        result.best_epoch = stage_result["best_epoch"]
+        _unfreeze(frozen)
+        epoch_base += stage.epochs or 0
     return result
+
+
+def _freeze_unlisted(model: Any, stage: Stage, explicit: bool) -> list[torch.nn.Parameter]:
+    """Freeze, for this stage, the trainable groups a staged recipe does not list; return them."""
+    if not explicit:
+        return []
+    frozen = []
+    for name, params in model.param_groups().items():
+        if name not in stage.lrs:
+            for p in params:
+                if p.requires_grad:
+                    p.requires_grad_(False)
+                    frozen.append(p)
+    return frozen
+
+
+def _unfreeze(params: list[torch.nn.Parameter]) -> None:
+    for p in params:
+        p.requires_grad_(True)
+
+
+def _fit_stage(
+    model: Any,
+    cfg: TrainConfig,
+    stage: Stage,
+    index: int,
+    streams: dict[str, Any],
+    validate: Callable[[], dict[str, Any]],
+    best_metric: Metric,
+    device: torch.device,
+    paths: tuple[Path, Path, Path],
+    *,
+    augment: Any,
+    gen: torch.Generator,
+    explicit: bool,
+    trained: set[str],
+    epoch_base: int,
+    total_steps: int,
+    progress: bool,
+    result: FitResult,
+) -> dict[str, Any]:
+    last, best_path, done = paths
+    opt = make_optimizer(model, dict(stage.lrs), cfg.weight_decay, strict=not explicit)
+    ids = {id(p) for g in opt.param_groups for p in g["params"]}
+    trained.update(n for n, p in model.named_parameters() if id(p) in ids)
+    first = next(iter(streams.values()))
+    steps_per_epoch = math.ceil(len(first) / cfg.grad_accum)
+    sched = make_scheduler(opt, stage, steps_per_epoch)
+    epochs = stage.epochs or 0
+    state = {"history": [], "step_losses": [], "best_epoch": 0, "best_value": None, "best_val": {}, "epoch": 0}
+    stats_total = {"train_seconds": 0.0, "train_images": 0, "train_samples": 0}
+    if recover_dir(last) is not None:
+        ck = load_checkpoint(last, optimizer=opt, scheduler=sched, generators={"augment": gen})
+        restore(model, ck.weights, last)
+        state, stats_total = ck.meta["state"], ck.meta["stats"]
+        trained.update(ck.meta["trained"])
+        result.resumed_from = {"stage": stage.name, "epoch": epoch_base + state["epoch"]}
+    step_offset = epoch_base * len(first)
+
+    for epoch in range(state["epoch"], epochs):
+        for s in streams.values():
+            s.epoch = epoch  # the shuffle of an epoch depends on (seed, epoch) alone, so resume matches
+        number = epoch_base + epoch + 1
+        label = f"{stage.name} " if explicit else ""
+        stats = train_epoch(
+            model, streams, opt, sched, cfg, device, augment, gen,
+            desc=f"{label}epoch {epoch + 1}/{epochs}", progress=progress,
+            step_offset=step_offset + epoch * len(first), total_steps=total_steps,
+        )
+        for k, v in (("train_seconds", stats.seconds), ("train_images", stats.images), ("train_samples", stats.samples)):
+            stats_total[k] += v
+        state["step_losses"].extend(stats.losses)
+        entry: dict[str, Any] = {
+            "epoch": number,
+            "stage": stage.name,
+            "stage_epoch": epoch + 1,
+            "train_loss": sum(stats.losses) / max(1, len(stats.losses)),
+            "seconds": stats.seconds,
+            "lr": {g["name"]: g["lr"] for g in opt.param_groups},
+        }
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == epochs:
+            metrics = validate()
+            entry["val"] = metrics
+            value = metrics.get(best_metric.name)
+            if value is None or not isinstance(value, (int, float)):
+                raise KeyError(f"best_metric {best_metric.name!r} is not among the validation metrics: {', '.join(metrics)}")
+            if _better(value, state["best_value"], best_metric):
+                state.update(best_value=value, best_epoch=number, best_val=metrics)
+                with atomic_path(best_path) as tmp:
+                    from safetensors.torch import save_file
+
+                    save_file(trained_state(model, trained), str(tmp))
+            if progress:
+                tqdm.write(
+                    f"  {label}epoch {epoch + 1}: loss {entry['train_loss']:.4f}  "
+                    f"val {best_metric.name} {value:.4f}  ({stats.seconds:.1f}s)"
+                )
+        state["history"].append(entry)
+        state["epoch"] = epoch + 1
+        save_checkpoint(
+            last, weights=trained_state(model, trained), optimizer=opt, scheduler=sched,
+            generators={"augment": gen}, meta={"state": state, "stats": stats_total, "trained": sorted(trained)},
+        )
+
+    if best_path.exists():
+        restore(model, load_weights_file(best_path), best_path)
+    summary = {
+        "name": stage.name,
+        "epochs": epochs,
+        "best_epoch": state["best_epoch"],
+        "best_metric": best_metric.name,
+        "best_value": state["best_value"],
+        "val": state["best_val"],
+        "lrs": dict(stage.lrs),
+        "schedule": stage.schedule,
+    }
+    # The stage's end as one unit: its final weights, the RNG state and its results, so a run
+    # resumed in a later stage starts that stage exactly where an uninterrupted run did.
+    save_checkpoint(
+        done, weights=trained_state(model, trained), optimizer=None, scheduler=None, generators={"augment": gen},
+        meta={"stage": summary, "history": state["history"], "step_losses": state["step_losses"],
+              "trained": sorted(trained), "total_steps": total_steps, **stats_total},
+    )
+    result.stages.append(summary)
+    result.history.extend(state["history"])
+    result.step_losses.extend(state["step_losses"])
+    result.train_seconds += stats_total["train_seconds"]
+    result.train_images += stats_total["train_images"]
+    result.train_samples += stats_total["train_samples"]
+    return summary
+
+
+def result_dict(result: FitResult) -> dict[str, Any]:
+    return asdict(result)

@@ -1,35 +1,14 @@
-"""Prediction over a split and scoring of stored predictions, dispatched on the task kind."""
+"""Prediction over a split and scoring of stored predictions, through the task kind's object."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 
-from vqabench.tasks import TaskData, TaskKind, captioning, qa, zeroshot
-
-PRIMARY_METRIC = {
-    TaskKind.VQA: "vqa_accuracy",
-    TaskKind.ANSWERABILITY: "ap_unanswerable",
-    TaskKind.ZEROSHOT: "top1",
-    TaskKind.CAPTIONING: "cider",
-}
-
-_REFERENCE = {
-    TaskKind.VQA: qa.reference_fields,
-    TaskKind.ANSWERABILITY: qa.reference_fields,
-    TaskKind.ZEROSHOT: zeroshot.reference_fields,
-    TaskKind.CAPTIONING: captioning.reference_fields,
-}
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA unless fp32 is asked for; nothing on CPU unless bf16 is asked for."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
+from vqabench.device import autocast
+from vqabench.tasks import get_task
 
 
 @torch.no_grad()
@@ -37,12 +16,13 @@ def predict(
     model: Any,
     batches: Iterable[Any],
     samples: Sequence[Any],
-    kind: TaskKind,
+    kind: Any,
     device: torch.device,
     precision: str = "auto",
     progress: Any = None,
 ) -> list[dict[str, Any]]:
     """One stored-prediction line per sample: its reference fields plus the model's prediction."""
+    task = get_task(kind)
     by_id = {s.id: s for s in samples}
     model.eval()
     lines: list[dict[str, Any]] = []
@@ -54,38 +34,33 @@ def predict(
             raise RuntimeError(
                 f"{type(model).__name__}.predict returned {len(preds)} predictions for {len(batch.ids)} samples"
             )
+        if not lines:
+            task.check_predictions(model, preds)
         for sid, pred in zip(batch.ids, preds):
-            lines.append({**_REFERENCE[kind](by_id[sid]), **pred})
+            lines.append({**task.reference_fields(by_id[sid]), **pred})
         if progress is not None:
             progress.update(len(batch.ids))
     return lines
 
 
-def score(
-    kind: TaskKind,
-    records: Sequence[dict[str, Any]],
-    *,
-    vqa_mode: str = "vqa",
-    num_classes: int | None = None,
-    spice: bool = False,
-) -> dict[str, Any]:
+@torch.no_grad()
+def mean_loss(model: Any, batches: Iterable[Any], device: torch.device, precision: str = "auto") -> float:
+    """The model's mean loss over ``batches`` in eval mode (validation loss)."""
+    model.eval()
+    total, n = 0.0, 0
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast(device, precision):
+            total += float(model.loss(batch)) * batch.num_samples
+        n += batch.num_samples
+    return total / max(1, n)
+
+
+def score(kind: Any, records: Sequence[dict[str, Any]], **options: Any) -> dict[str, Any]:
     """The task kind's metrics from stored prediction lines."""
     if not records:
         raise ValueError("no predictions to score")
-    if kind is TaskKind.VQA:
-        return qa.score_vqa(records, mode=vqa_mode)
-    if kind is TaskKind.ANSWERABILITY:
-        return qa.score_answerability(records, mode=vqa_mode)
-    if kind is TaskKind.ZEROSHOT:
-        if num_classes is None:
-            num_classes = len(records[0]["logits"])
-        return zeroshot.score_zeroshot(records, num_classes)
-    return captioning.score_captioning(records, spice=spice)
-
-
-def score_options(data: TaskData) -> dict[str, Any]:
-    """The keyword arguments ``score`` needs for this data, as stored in a result record."""
-    return {"vqa_mode": data.vqa_mode, "num_classes": len(data.class_names) if data.class_names else None}
+    return get_task(kind).score(records, **options)
 
 
 def clipscore(

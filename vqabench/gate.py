@@ -9,7 +9,11 @@ A thresholds file is TOML with one ``[[check]]`` table per threshold::
     profile = "quick"            # optional: any profile when absent
     metric = "test.vqa_accuracy" # SPLIT.METRIC of the record's final metrics
     min = 0.5                    # and/or max
-    relative_to = "majority"     # optional: compare the margin over the majority baseline
+    relative_to = "baseline"     # optional: compare the margin over the task's baseline ("majority" too)
+    worst = 0.5                  # optional: the worst acceptable value, in the metric's own direction
+
+A margin and ``worst`` follow the metric's direction (``higher_is_better`` in its definition): for
+a lower-is-better metric such as ``aurc`` the margin is baseline - value and ``worst`` is a maximum.
 
 Seeds of one (dataset, kind, model, profile) are averaged. A threshold with no matching record fails.
 """
@@ -29,6 +33,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from vqabench.results import iter_records
+from vqabench.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -41,10 +46,11 @@ class Threshold:
     max: float | None = None
     profile: str | None = None
     relative_to: str | None = None
+    worst: float | None = None
 
     @property
     def label(self) -> str:
-        rel = " - majority" if self.relative_to else ""
+        rel = " vs baseline" if self.relative_to else ""
         return f"{self.dataset}/{self.kind} {self.model}{' [' + self.profile + ']' if self.profile else ''} {self.metric}{rel}"
 
 
@@ -71,14 +77,14 @@ def load_thresholds(path: Path) -> list[Threshold]:
                 raise ValueError(f"{where}: missing field {need!r}")
         if "." not in entry["metric"]:
             raise ValueError(f"{where}: metric {entry['metric']!r} must be SPLIT.METRIC, e.g. test.vqa_accuracy")
-        if entry.get("min") is None and entry.get("max") is None:
-            raise ValueError(f"{where}: give min, max or both")
-        for bound in ("min", "max"):
+        if entry.get("min") is None and entry.get("max") is None and entry.get("worst") is None:
+            raise ValueError(f"{where}: give min, max or worst")
+        for bound in ("min", "max", "worst"):
             value = entry.get(bound)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"{where}: {bound} must be a number, got {value!r}")
-        if entry.get("relative_to") not in (None, "majority"):
-            raise ValueError(f'{where}: relative_to must be "majority"')
+        if entry.get("relative_to") not in (None, "majority", "baseline"):
+            raise ValueError(f'{where}: relative_to must be "baseline" (or its older name "majority")')
         out.append(Threshold(**entry))
     if not out:
         raise ValueError(f"{path}: no [[check]] entries")
@@ -90,10 +96,20 @@ def _value(record: dict[str, Any], t: Threshold) -> float | None:
     value = record["final"].get(split, {}).get(metric)
     if value is None or not isinstance(value, (int, float)):
         return None
-    if t.relative_to == "majority":
-        base = record.get("baseline", {}).get(split, {}).get("vqa_accuracy")
-        return None if base is None else value - base
+    if t.relative_to:
+        base = (record.get("baseline") or {}).get(split, {}).get(metric)
+        if base is None:
+            return None
+        return value - base if _higher(record["kind"], metric) else base - value
     return float(value)
+
+
+def _higher(kind: str, metric: str) -> bool:
+    """The metric's direction from its definition (a kind no plugin registers: higher)."""
+    try:
+        return get_task(kind).metric(metric).higher_is_better
+    except KeyError:
+        return True
 
 
 def check(thresholds: Sequence[Threshold], runs: Path) -> list[dict[str, Any]]:
@@ -115,6 +131,10 @@ def check(thresholds: Sequence[Threshold], runs: Path) -> list[dict[str, Any]]:
         else:
             value = statistics.mean(values)
             ok = (t.min is None or value >= t.min) and (t.max is None or value <= t.max)
+            if t.worst is not None:
+                # A margin is oriented so that higher is better; a raw value follows its metric.
+                higher = True if t.relative_to else _higher(t.kind, t.metric.split(".", 1)[1])
+                ok = ok and (value >= t.worst if higher else value <= t.worst)
             status = "pass" if ok else "FAIL"
         rows.append(
             {

@@ -1,13 +1,18 @@
 """Every hook a vqabench plugin can implement, one per extension kind.
 
 Hooks receive a ``register`` callback instead of returning lists, so that the core can validate
-each registration (duplicate names, unknown task kinds) and name the plugin in every error.
+each registration (duplicate names, unknown task kinds); task kinds are collected from every plugin before datasets and models and name the plugin in every error.
 """
 
 import pluggy
 
 hookspec = pluggy.HookspecMarker("vqabench")
 hookimpl = pluggy.HookimplMarker("vqabench")
+
+
+@hookspec
+def register_tasks(register):
+    """Register task kinds: call ``register(Task)`` once per kind (a ``vqabench.tasks.base.Task``)."""
 
 
 @hookspec

@@ -14,31 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from vqabench.results import atomic_write_text
-
-# Test-split columns per task kind after the common ones: (metric key, column title).
-KIND_COLUMNS: dict[str, list[tuple[str, str]]] = {
-    "vqa": [("vqa_accuracy", "Test Acc")],
-    "answerability": [
-        ("ap_unanswerable", "AP (unanswerable)"),
-        ("auroc", "AUROC"),
-        ("f1_unanswerable", "F1 @0.5"),
-        ("accuracy", "Acc @0.5"),
-        ("vqa_accuracy", "VQA Acc"),
-    ],
-    "zeroshot": [("top1", "Top-1"), ("top5", "Top-5"), ("mean_per_class_recall", "Mean per-class")],
-    "captioning": [
-        ("bleu_1", "BLEU-1"),
-        ("bleu_4", "BLEU-4"),
-        ("meteor", "METEOR"),
-        ("rouge_l", "ROUGE-L"),
-        ("cider", "CIDEr"),
-        ("clipscore", "CLIP-S"),
-        ("refclipscore", "RefCLIP-S"),
-    ],
-}
-PRIMARY = {"vqa": "vqa_accuracy", "answerability": "ap_unanswerable", "zeroshot": "top1", "captioning": "cider"}
-
+from vqabench.files import atomic_write_text
+from vqabench.tasks import get_task
 
 def fmt_params(n: int) -> str:
     if n == 0:
@@ -61,32 +38,56 @@ def _mean(values: Sequence[float | None]) -> str:
 
 
 def _val_at(record: dict[str, Any], epoch: int, metric: str) -> float | None:
-    for h in record["history"]:
+    for h in record.get("history", []):
         if h["epoch"] == epoch:
-            return h["val"].get(metric)
+            return h.get("val", {}).get(metric)
     return None
 
 
 def _epoch_columns(records: Sequence[dict[str, Any]]) -> list[int]:
     epochs: set[int] = set()
     for r in records:
-        last = len(r["history"])
-        if last:
+        validated = [h["epoch"] for h in r.get("history", []) if "val" in h]
+        if validated:
+            last = validated[-1]
             epochs.add(last)
-            epochs.update(e for e in r["config"]["model"]["train"].get("report_epochs", []) if e < last)
+            train = r["config"]["model"].get("train") or {}
+            epochs.update(e for e in train.get("report_epochs", []) if e < last and e in validated)
     return sorted(epochs)
 
 
+def _stage_names(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Stage names of the records trained in more than one stage (a column per stage)."""
+    staged = [r for r in records if len(r.get("stages") or []) > 1]
+    return list(dict.fromkeys(s["name"] for r in staged for s in r["stages"]))
+
+
+def _extra_splits(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Evaluated splits besides val and test (e.g. a second domain's target_test)."""
+    return sorted({s for r in records for s in r["final"] if s not in ("val", "test")})
+
+
+def _stage_val(record: dict[str, Any], stage: str, metric: str) -> float | None:
+    for s in record.get("stages") or []:
+        if s["name"] == stage:
+            return s.get("val", {}).get(metric)
+    return None
+
+
 def table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """One row per model (seeds averaged) plus the majority baseline, sorted by the primary metric."""
-    kind = records[0]["kind"]
-    primary = PRIMARY[kind]
+    """One row per model (seeds averaged) plus the task's baseline, sorted by the primary metric."""
+    task = get_task(records[0]["kind"])
+    primary = task.primary_metric
+    higher = task.metric(primary).higher_is_better
     epochs = _epoch_columns(records)
-    qtypes = sorted({k for r in records for k in r["final"].get("test", {}) if k.startswith("acc/")})
+    stages = _stage_names(records)
+    prefix = task.type_prefix
+    extra = _extra_splits(records)
+    qtypes = sorted({k for r in records for k in r["final"].get("test", {}) if prefix and k.startswith(prefix)})
     # Optional metrics (CLIPScore without a scorer, top-5 under five classes) get no empty column.
-    present = [
-        (k, t) for k, t in KIND_COLUMNS[kind] if k == primary or any(k in r["final"].get("test", {}) for r in records)
-    ]
+    columns = list(task.columns) or [(primary, primary)]
+    present = [(k, t) for k, t in columns if k == primary or any(k in r["final"].get("test", {}) for r in records)]
+    val_title = "Val Acc ({} ep)" if primary == "vqa_accuracy" else f"Val {primary} ({{}} ep)"
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_model[r["model"]].append(r)
@@ -95,31 +96,40 @@ def table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         name = rs[0]["display_name"] + (f" [{model.split('@', 1)[1]}]" if "@" in model else "")
         if any(r["partial"] for r in rs):
             name += f" (partial: --limit {next(r['limit'] for r in rs if r['partial'])})"
+        trained = rs[0].get("trained", True)
         row: dict[str, Any] = {
             "Model": name,
             "Weights": rs[0]["weights"],
-            "Trainable params": fmt_params(rs[0]["params"]["trainable"]),
+            "Trainable params": fmt_params(rs[0]["params"]["trainable"]) if trained else "not trained",
         }
         for e in epochs:
-            row[f"Val Acc ({e} ep)" if kind == "vqa" else f"Val {primary} ({e} ep)"] = _mean(
-                [_val_at(r, e, primary) for r in rs]
-            )
+            row[val_title.format(e)] = _mean([_val_at(r, e, primary) for r in rs])
+        for stage in stages:
+            row[f"Val {primary} after {stage}"] = _mean([_stage_val(r, stage, primary) for r in rs])
         for key, title in present:
             row[title] = _mean([r["final"].get("test", {}).get(key) for r in rs])
         for q in qtypes:
-            row[f"Acc {q[4:]}"] = _mean([r["final"].get("test", {}).get(q) for r in rs])
+            row[f"Acc {q[len(prefix):]}"] = _mean([r["final"].get("test", {}).get(q) for r in rs])
+        for split in extra:
+            row[f"{dict(columns).get(primary, primary)} ({split})"] = _mean([r["final"].get(split, {}).get(primary) for r in rs])
         row["Time"] = fmt_seconds(statistics.mean(r["timing"]["total_seconds"] for r in rs))
-        row["_sort"] = statistics.mean([r["final"].get("test", {}).get(primary, float("-inf")) for r in rs])
+        worst = float("-inf") if higher else float("inf")
+        row["_sort"] = statistics.mean([r["final"].get("test", {}).get(primary, worst) for r in rs])
         rows.append(row)
-    base = [r["baseline"] for r in records if r.get("baseline", {}).get("test")]
-    if base and kind == "vqa":
-        row = {"Model": f'Majority answer ("{base[0]["test"]["answer"]}")', "Weights": "–", "Trainable params": "0"}
+    base = [r["baseline"]["test"] for r in records if (r.get("baseline") or {}).get("test")]
+    if base:
+        val = [r["baseline"].get("val") for r in records if (r.get("baseline") or {}).get("val")]
+        row = {"Model": base[0].get("label", "Baseline"), "Weights": "–", "Trainable params": "0"}
         for e in epochs:
-            row[f"Val Acc ({e} ep)"] = _mean([base[0].get("val", {}).get("vqa_accuracy")])
-        row["Test Acc"] = _mean([base[0]["test"]["vqa_accuracy"]])
-        row["_sort"] = base[0]["test"]["vqa_accuracy"]
+            row[val_title.format(e)] = _mean([val[0].get(primary)] if val else [])
+        for key, title in present:
+            row[title] = _mean([base[0].get(key)])
+        for split in extra:
+            other = [r["baseline"][split] for r in records if split in (r.get("baseline") or {})]
+            row[f"{dict(columns).get(primary, primary)} ({split})"] = _mean([other[0].get(primary)] if other else [])
+        row["_sort"] = base[0].get(primary, float("-inf") if higher else float("inf"))
         rows.append(row)
-    df = pd.DataFrame(rows).sort_values("_sort", ascending=False, kind="stable").drop(columns="_sort")
+    df = pd.DataFrame(rows).sort_values("_sort", ascending=not higher, kind="stable").drop(columns="_sort")
     return df.fillna("–")
 
 
@@ -147,7 +157,8 @@ def render(records: Iterable[dict[str, Any]], curves: dict[tuple[str, str], str]
                 f"- Profile: `{profile}`; seeds: {', '.join(map(str, seeds))}; device: {'; '.join(devices)}",
                 f"- Weights: {'; '.join(sorted({r['model'] + ': ' + r['weights'] for r in rs}))}",
                 f"- Date: {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}; vqabench {', '.join(versions)}",
-                "- Accuracy of the best-validation checkpoint on test; metric values are fractions in [0, 1].",
+                "- Test metrics of each model's best-validation checkpoint (evaluation-only models as built); "
+                "values are fractions in [0, 1].",
             ]
             scorers = sorted({r["final"].get("test", {}).get("clipscore_model") for r in rs} - {None})
             if scorers:
@@ -169,13 +180,13 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    primary = PRIMARY[records[0]["kind"]]
+    primary = get_task(records[0]["kind"]).primary_metric
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=90)
     for r in records:
         label = f"{r['model']} (seed {r['seed']})"
         ax1.plot(
-            [h["epoch"] for h in r["history"]],
-            [h["val"].get(primary) for h in r["history"]],
+            [h["epoch"] for h in r["history"] if "val" in h],
+            [h["val"].get(primary) for h in r["history"] if "val" in h],
             marker="o",
             ms=3,
             label=label,
@@ -202,9 +213,9 @@ def write(records: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     for r in records:
         groups[(r["dataset"], r["kind"], r["profile"])].append(r)
     for (dataset, kind, profile), rs in groups.items():
-        if any(r["history"] for r in rs):
+        if any(r.get("history") for r in rs):
             name = f"{dataset}-{kind}-{profile}.png"
-            plot_curves([r for r in rs if r["history"]], out_dir / name)
+            plot_curves([r for r in rs if r.get("history")], out_dir / name)
             curves[dataset][(kind, profile)] = name
     paths = []
     for dataset, text in render(records, curves).items():

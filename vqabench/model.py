@@ -24,6 +24,20 @@ class Stem:
     encode: Callable[[torch.Tensor], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class TextStem:
+    """A frozen text encoder whose outputs can be cached once per distinct string.
+
+    ``encode`` maps a list of strings to ``(features, mask)``: features ``[N, ...]`` (pooled
+    ``[N, D]`` or token sequences ``[N, L, D]``) and, for sequences, a bool mask ``[N, L]`` (True
+    for real tokens), else None. Batches then carry ``text_features`` / ``text_mask`` per sample.
+    """
+
+    name: str  # e.g. "MiniLM token states"
+    key: str  # identifies the weights and tokenizer
+    encode: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor | None]]
+
+
 class TaskModel(nn.Module):
     """Base class of every model built for one task kind.
 
@@ -33,7 +47,12 @@ class TaskModel(nn.Module):
     """
 
     image_size: int = 224
-    trains: bool = True  # False for zero-shot models: evaluated without training
+    # How images are fitted to ``image_size``: "squash" (resize both sides) or "center_crop"
+    # (shorter side to ``image_size``, then a centre crop: what CLIP and DINOv2 do on photos).
+    resize: str = "squash"
+    # Training progress in [0, 1] over the whole recipe, set by the engine before every step (for
+    # schedules such as the gradient-reversal weight 2 / (1 + exp(-10 p)) - 1).
+    progress: float = 0.0
     weights: str = "random init"  # which weights were loaded, shown on the leaderboard
     # Methods run on tensors alone, with shapes that vary only in the batch dimension: what
     # ``train.compile`` hands to torch.compile (never ``loss``: batches carry strings).
@@ -51,8 +70,19 @@ class TaskModel(nn.Module):
         """One prediction dict per sample (fields per task kind, see ``vqabench.tasks``)."""
         raise NotImplementedError
 
+    def begin_stage(self, stage: Any) -> None:
+        """Called before each training stage (a ``vqabench.config.Stage``), also when a run resumes.
+
+        A model may change itself here (add adapters, freeze a part); the engine then builds the
+        optimizer from ``param_groups`` and re-asks for the cacheable stems.
+        """
+
     def image_stem(self) -> Stem | None:
         """The cacheable frozen front of the image path, or None when every part trains."""
+        return None
+
+    def text_stem(self) -> TextStem | None:
+        """The frozen text encoder whose outputs the feature cache may hold, or None."""
         return None
 
     def text_cache_info(self) -> str | None:

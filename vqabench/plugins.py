@@ -16,6 +16,7 @@ import pluggy
 
 from vqabench import hookspecs
 from vqabench.registry import PluginInfo, Registry
+from vqabench.tasks import builtin_tasks, set_plugin_tasks
 
 GROUP = "vqabench"
 ENV_ALLOW = "VQABENCH_PLUGINS"
@@ -25,21 +26,25 @@ class PluginWarning(UserWarning):
     """A plugin could not be loaded or registered something invalid."""
 
 
-def _collect(pm: pluggy.PluginManager, plugin: object, info: PluginInfo, registry: Registry) -> None:
-    """Call this plugin's hooks alone, so an error is pinned on it and its partial work undone."""
+def _collect(pm: pluggy.PluginManager, plugin: object, info: PluginInfo, registry: Registry, hooks: list) -> None:
+    """Call this plugin's ``hooks`` alone, so an error is pinned on it and its partial work undone."""
     staged = Registry()
-    staged.datasets, staged.models, staged.owner = dict(registry.datasets), dict(registry.models), dict(registry.owner)
-    hooks = [("dataset", "register_datasets", info.datasets), ("model", "register_models", info.models)]
+    staged.tasks, staged.datasets, staged.models = dict(registry.tasks), dict(registry.datasets), dict(registry.models)
+    staged.owner = dict(registry.owner)
     for what, hook_name, names in hooks:
         impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin is plugin]
         for impl in impls:
 
             def register(spec, _what=what, _names=names):
-                staged.add(_what, spec, info.name)
+                if _what == "task":
+                    staged.add_task(spec, info.name)
+                else:
+                    staged.add(_what, spec, info.name)
                 _names.append(spec.name)
 
             impl.function(register=register)
-    registry.datasets, registry.models, registry.owner = staged.datasets, staged.models, staged.owner
+    registry.tasks, registry.datasets, registry.models = staged.tasks, staged.datasets, staged.models
+    registry.owner = staged.owner
 
 
 def load_plugins(extra: dict[str, object] | None = None) -> tuple[Registry, list[PluginInfo]]:
@@ -68,21 +73,34 @@ def load_plugins(extra: dict[str, object] | None = None) -> tuple[Registry, list
         module = importlib.import_module(obj) if isinstance(obj, str) else obj
         candidates.append((PluginInfo(name=name, distribution="(local)", version="-"), module, None))
 
+    # Task kinds from every plugin first: a dataset or model may use a kind another plugin adds.
+    registered = []
     for info, plugin, error in candidates:
         infos.append(info)
         if plugin is not None and error is None:
             try:
                 pm.register(plugin, name=info.name)
-                _collect(pm, plugin, info, registry)
+                _collect(pm, plugin, info, registry, [("task", "register_tasks", info.tasks)])
+                registered.append((info, plugin))
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                info.datasets.clear()
-                info.models.clear()
+                info.tasks.clear()
         if error:
             info.error = error
+    for info, plugin in registered:
+        try:
+            hooks = [("dataset", "register_datasets", info.datasets), ("model", "register_models", info.models)]
+            _collect(pm, plugin, info, registry, hooks)
+        except Exception as exc:
+            info.error = f"{type(exc).__name__}: {exc}"
+            info.datasets.clear()
+            info.models.clear()
+    for info in infos:
+        if info.error:
             warnings.warn(
-                f"vqabench plugin {info.name!r} ({info.distribution}) failed: {error}", PluginWarning, stacklevel=2
+                f"vqabench plugin {info.name!r} ({info.distribution}) failed: {info.error}", PluginWarning, stacklevel=2
             )
+    set_plugin_tasks({n: t for n, t in registry.tasks.items() if n not in builtin_tasks()})
     return registry, infos
 
 

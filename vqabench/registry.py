@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vqabench.tasks import TaskData, TaskKind
+from vqabench.tasks import TaskData, builtin_tasks, kind_name
+from vqabench.tasks.base import Task
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
@@ -31,9 +32,9 @@ class DatasetSpec:
     """
 
     name: str
-    task_kinds: tuple[TaskKind, ...]
+    task_kinds: tuple[str, ...]
     config_cls: type
-    load: Callable[[Any, TaskKind, Path], TaskData]
+    load: Callable[[Any, str, Path], TaskData]
     prepare: Callable[[Any, Path], Path] | None = None
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     unsafe_augmentations: frozenset[str] = frozenset()
@@ -55,7 +56,7 @@ class ModelSpec:
     name: str
     family: str
     display_name: str
-    task_kinds: tuple[TaskKind, ...]
+    task_kinds: tuple[str, ...]
     config_cls: type
     build: Callable[[Any, TaskData, Any], Any]
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -91,6 +92,7 @@ class PluginInfo:
     version: str
     datasets: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -102,9 +104,24 @@ class Registry:
     """Datasets and models by name, each remembering the plugin that registered it."""
 
     def __init__(self) -> None:
+        self.tasks: dict[str, Task] = dict(builtin_tasks())
         self.datasets: dict[str, DatasetSpec] = {}
         self.models: dict[str, ModelSpec] = {}
         self.owner: dict[tuple[str, str], str] = {}
+
+    def add_task(self, task: Task, plugin: str) -> None:
+        """Add a plugin's task kind; raise ValueError naming the plugin on a bad or taken name."""
+        if not isinstance(task, Task):
+            raise ValueError(f"plugin {plugin!r} registered a {type(task).__name__}, expected a vqabench.tasks.base.Task")
+        if not task.name or any(c.isspace() or c in "/,@" for c in task.name):
+            raise ValueError(f"plugin {plugin!r}: invalid task kind name {task.name!r} (no '/', ',', '@' or spaces)")
+        if task.name in self.tasks:
+            other = self.owner.get(("task", task.name), "vqabench")
+            raise ValueError(f"plugin {plugin!r}: task kind {task.name!r} is already registered by {other!r}")
+        if not task.primary_metric or task.primary_metric not in task.metric_names:
+            raise ValueError(f"plugin {plugin!r}: task kind {task.name!r}: primary_metric must be one of metric_names")
+        self.tasks[task.name] = task
+        self.owner[("task", task.name)] = plugin
 
     def add(self, what: str, spec: DatasetSpec | ModelSpec, plugin: str) -> None:
         """Add one spec; raise ValueError naming the plugin on a bad or duplicate registration."""
@@ -115,11 +132,13 @@ class Registry:
         if not spec.name or any(c.isspace() or c in "/,@" for c in spec.name):
             raise ValueError(f"plugin {plugin!r}: invalid {what} name {spec.name!r} (no '/', ',', '@' or spaces)")
         for kind in spec.task_kinds:
-            if not isinstance(kind, TaskKind):
+            if not isinstance(kind, str) or kind_name(kind) not in self.tasks:
                 raise ValueError(
                     f"plugin {plugin!r}: {what} {spec.name!r} declares unknown task kind {kind!r}; "
-                    f"use vqabench.tasks.TaskKind"
+                    f"known kinds: {', '.join(self.tasks)} (a plugin adds one with the register_tasks hook)"
                 )
+        # Kinds are plain strings from here on (TaskKind members are str too).
+        object.__setattr__(spec, "task_kinds", tuple(kind_name(k) for k in spec.task_kinds))
         if spec.name in table:
             other = self.owner[(what, spec.name)]
             raise ValueError(f"plugin {plugin!r}: {what} name {spec.name!r} is already registered by plugin {other!r}")

@@ -14,14 +14,14 @@ Every file is written to a temporary name and renamed, so a killed run never lea
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from vqabench.files import atomic_write_json, atomic_write_text, dumps_json  # noqa: F401 (re-exported)
+
+SCHEMA_VERSION = 2
 
 RECORD_FIELDS = {
     "schema": "record schema version",
@@ -29,23 +29,27 @@ RECORD_FIELDS = {
     "display_name": "model name for tables",
     "family": "model family",
     "dataset": "dataset name",
-    "kind": "task kind (vqa, answerability, zeroshot, captioning)",
+    "kind": "task kind (vqa, answerability, zeroshot, captioning, or a plugin's)",
     "profile": "quick or paper",
     "seed": "random seed",
-    "config": "resolved model, train and dataset configuration",
+    "config": "resolved model (train / eval recipe included), dataset and scoring configuration",
     "config_hash": "hash of config, profile, seed and limit: a rerun with the same hash is skipped",
-    "weights": "weights used: a pretrained tag or 'random init'",
+    "weights": "weights used: a pretrained tag or 'random init', and what trained",
     "partial": "true when --limit sampled the data; then 'limit' and 'sample_ids' say how",
     "augmentations": "{'used': [...], 'disabled': {name: reason}}",
-    "cached": "{'image': cached stem or null, 'text': memoised text encoder or null, 'off': why the image cache was off}",
+    "cached": "{'image': cached stem or null, 'text': cached text encoder or null, 'off': why the image cache was off}",
     "compiled": "methods run through torch.compile (train.compile), [] when eager",
     "params": "{'trainable': int, 'total': int}",
-    "history": "per epoch: train_loss, seconds, lr per group, val metrics",
-    "step_losses": "training loss of every step",
-    "final": "{split: metrics} of the best-validation checkpoint",
-    "best_epoch": "epoch of the best validation metric",
-    "baseline": "majority-answer baseline on each evaluated split, where it applies",
-    "timing": "seconds per epoch, total, training images/s and samples/s, inference samples/s",
+    "trained": "false for an evaluation-only model (then 'training' says so and no training fields follow)",
+    "history": "trained only: per epoch: stage, train_loss, seconds, lr per group, val metrics when validated",
+    "step_losses": "trained only: training loss of every step",
+    "stages": "trained only: per stage: name, epochs, best epoch, selection metric and the val metrics there",
+    "best_epoch": "trained only: epoch (over all stages) of the best validation metric of the last stage",
+    "resumed_from": "trained only: {'stage', 'epoch'} when the run resumed from a checkpoint, else null",
+    "final": "{split: metrics} of the selected checkpoint",
+    "baseline": "{split: {'label', 'prediction', metrics}}: the task's trivial baseline (majority answer, ...)",
+    "vocab": "answer vocabulary: size, rule and coverage (accuracy ceiling) per split; null without one",
+    "timing": "total and inference samples/s; trained: seconds per epoch, training images/s and samples/s",
     "memory": "peak memory in bytes and what was measured (cuda allocator or process RSS)",
     "device": "device name",
     "versions": "python, torch, vqabench and the plugins' distribution versions",
@@ -53,30 +57,9 @@ RECORD_FIELDS = {
 }
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
 def write_jsonl(path: Path, lines: Iterable[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
+    """Stored predictions: one strict-JSON object per line, written atomically."""
+    atomic_write_text(path, "".join(dumps_json(line, indent=None) + "\n" for line in lines))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -97,9 +80,13 @@ def cell_dir(runs: Path, dataset: str, kind: str, model: str, profile: str, seed
     return runs / dataset / kind / model.replace("@", "_at_") / f"{profile}-seed{seed}"
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"bare {name} is not strict JSON")
+
+
 def read_record(path: Path) -> dict[str, Any]:
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc.msg}); delete it and rerun the cell") from None
     if record.get("schema") != SCHEMA_VERSION:

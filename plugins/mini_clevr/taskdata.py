@@ -98,6 +98,10 @@ def _qa_splits(reader: _Reader, splits: list[str], answerable_only: bool) -> dic
     return out
 
 
+# Mini-CLEVR has one answer per question, so its vocabulary is every answer its generator can give.
+VOCAB_RULE = "every answer the generator can produce (answer2idx.json)"
+
+
 def _answer_vocab(reader: _Reader) -> list[str]:
     table = reader.json("answer2idx.json")
     return sorted(table, key=table.__getitem__)
@@ -105,13 +109,21 @@ def _answer_vocab(reader: _Reader) -> list[str]:
 
 def _vqa(reader: _Reader, meta: dict[str, Any]) -> dict[str, Any]:
     splits = _split_order(list(meta["splits"]))
-    return {"splits": _qa_splits(reader, splits, answerable_only=True), "answer_vocab": _answer_vocab(reader)}
+    return {
+        "splits": _qa_splits(reader, splits, answerable_only=True),
+        "answer_vocab": _answer_vocab(reader),
+        "vocab_rule": VOCAB_RULE,
+    }
 
 
 def _answerability(reader: _Reader, meta: dict[str, Any]) -> dict[str, Any]:
     splits = _split_order(list(meta["splits"]))
     vocab = _answer_vocab(reader)
-    return {"splits": _qa_splits(reader, splits, answerable_only=False), "answer_vocab": [*vocab, UNANSWERABLE]}
+    return {
+        "splits": _qa_splits(reader, splits, answerable_only=False),
+        "answer_vocab": [*vocab, UNANSWERABLE],
+        "vocab_rule": VOCAB_RULE + f', plus "{UNANSWERABLE}"',
+    }
 
 
 def _zeroshot(reader: _Reader, meta: dict[str, Any]) -> dict[str, Any]:

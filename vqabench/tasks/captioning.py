@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from vqabench import metrics
+from vqabench.tasks.base import Batch, CollateContext, Task, most_common
 
 
 @dataclass(frozen=True)
@@ -22,24 +22,64 @@ class CaptionSample:
 
 
 @dataclass
-class CaptionBatch:
+class CaptionBatch(Batch):
     ids: list[str]
     images: torch.Tensor  # float [B, 3, H, W] in [0, 1]
     captions: list[list[str]]  # references; training uses one sampled per image
     domains: list[str]
     image_features: torch.Tensor | None = None  # frozen-stem output per image, when cached
 
-    def to(self, device: torch.device) -> CaptionBatch:
-        feats = None if self.image_features is None else self.image_features.to(device, non_blocking=True)
-        return CaptionBatch(self.ids, self.images.to(device, non_blocking=True), self.captions, self.domains, feats)
+
+class CaptioningTask(Task):
+    name = "captioning"
+    description = "captioning: a generated caption, BLEU / METEOR / ROUGE-L / CIDEr"
+    sample_type = CaptionSample
+    prediction_fields = ("caption",)
+    primary_metric = "cider"
+    metric_names = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
+    columns = (
+        ("bleu_1", "BLEU-1"),
+        ("bleu_4", "BLEU-4"),
+        ("meteor", "METEOR"),
+        ("rouge_l", "ROUGE-L"),
+        ("cider", "CIDEr"),
+        ("clipscore", "CLIP-S"),
+        ("refclipscore", "RefCLIP-S"),
+    )
+
+    def collate(self, samples: list[CaptionSample], ctx: CollateContext) -> CaptionBatch:
+        images, feats = ctx.images([s.image for s in samples])
+        return CaptionBatch(
+            [s.id for s in samples], images, [list(s.captions) for s in samples], [s.domain for s in samples], feats
+        )
+
+    def reference_fields(self, sample: CaptionSample) -> dict[str, Any]:
+        return {"id": sample.id, "references": list(sample.captions), "domain": sample.domain}
+
+    def score(self, lines: Sequence[dict[str, Any]], spice: bool = False, **_: Any) -> dict[str, Any]:
+        preds = {r["id"]: r["caption"] for r in lines}
+        refs = {r["id"]: r["references"] for r in lines}
+        return dict(metrics.caption_metrics(preds, refs, spice=spice))
+
+    run_score_prefixes = ("clipscore", "refclipscore")
+
+    def run_scores(self, samples: Sequence[Any], lines: Sequence[dict[str, Any]], opts: Any, device: Any) -> dict[str, Any]:
+        # CLIPScore / RefCLIPScore with the CLIP that ``--clipscore ARCH@WEIGHTS`` names.
+        if not getattr(opts, "clipscore", None):
+            return {}
+        from vqabench.evaluate import clipscore
+
+        return clipscore(opts.clipscore, samples, lines, device)
+
+    def rescore_options(self, spice: bool = False) -> dict[str, Any]:
+        return {"spice": spice}
+
+    def baseline(self, train: Sequence[CaptionSample], data: Any) -> tuple[str, dict[str, Any]] | None:
+        captions = [c for s in train for c in s.captions]
+        if not captions:
+            return None
+        caption = most_common(sorted(captions))
+        return f'Most frequent caption ("{caption}")', {"caption": caption}
 
 
-def reference_fields(sample: CaptionSample) -> dict[str, Any]:
-    return {"id": sample.id, "references": list(sample.captions), "domain": sample.domain}
-
-
-def score_captioning(records: Sequence[dict[str, Any]], spice: bool = False) -> dict[str, Any]:
-    """BLEU-1..4, METEOR, ROUGE-L, CIDEr (and SPICE when asked) of stored ``caption`` lines."""
-    preds = {r["id"]: r["caption"] for r in records}
-    refs = {r["id"]: r["references"] for r in records}
-    return dict(metrics.caption_metrics(preds, refs, spice=spice))
+TASK = CaptioningTask()

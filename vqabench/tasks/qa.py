@@ -1,18 +1,18 @@
-"""Classification VQA and answerability: samples, batches and scoring.
+"""Question answering samples and batches, shared by classification VQA and answerability.
 
-Both kinds share one sample type: answerability only adds the ``answerable`` flag (VizWiz style),
-and a classification-VQA dataset keeps only answerable questions.
+Every human answer is kept (ten for VQA v2 and VizWiz, with their confidences where the dataset
+has them). Training targets come from them by a documented rule (``vqabench.vocab``): a hard
+label or soft scores; the consensus answer drives the majority baseline and weighted P/R/F1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from vqabench import metrics
+from vqabench.tasks.base import Batch, CollateContext, most_common
 
 
 @dataclass(frozen=True)
@@ -22,14 +22,20 @@ class QASample:
     id: str
     image: str  # absolute path of the image file
     question: str
-    answers: tuple[str, ...]  # one for synthetic data, ten for VQA v2 / VizWiz
+    answers: tuple[str, ...]  # every human answer: one for synthetic data, ten for VQA v2 / VizWiz
     question_type: str = ""
     answer_type: str = ""
     answerable: bool = True
+    answer_confidences: tuple[str, ...] = ()  # "yes" / "maybe" / "no" per answer, where given
+
+    @property
+    def consensus(self) -> str:
+        """The most common human answer; ties go to the answer given first."""
+        return most_common(self.answers)
 
 
 @dataclass
-class QABatch:
+class QABatch(Batch):
     """A batch of questions; each distinct image appears once in ``images``.
 
     ``image_index[i]`` is the row of ``images`` that question ``i`` is about, so a model encodes
@@ -40,34 +46,54 @@ class QABatch:
     images: torch.Tensor  # float [U, 3, H, W] in [0, 1], augmented when training
     image_index: torch.Tensor  # long [B]
     questions: list[str]
-    labels: torch.Tensor  # long [B]: index into the answer vocabulary, -1 when out of vocabulary
+    labels: torch.Tensor  # long [B]: the hard target's vocabulary index, -1 when none is in vocabulary
     answerable: torch.Tensor  # float [B]: 1.0 answerable, 0.0 not
     question_types: list[str]
     # Output of the model's frozen image stem per row of ``images``, when the feature cache is on.
     image_features: torch.Tensor | None = None
-
-    def to(self, device: torch.device) -> QABatch:
-        return QABatch(
-            ids=self.ids,
-            images=self.images.to(device, non_blocking=True),
-            image_index=self.image_index.to(device, non_blocking=True),
-            questions=self.questions,
-            labels=self.labels.to(device, non_blocking=True),
-            answerable=self.answerable.to(device, non_blocking=True),
-            question_types=self.question_types,
-            image_features=None if self.image_features is None else self.image_features.to(device, non_blocking=True),
-        )
+    # Soft targets [B, V] (train.targets = "soft"): each answer scored as the VQA metric would.
+    soft_labels: torch.Tensor | None = None
+    # Cached text-stem output per question (and its token mask), when the model has a text stem.
+    text_features: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
 
 
-def majority_answer(samples: Sequence[QASample]) -> str:
-    """The most common first human answer of the training samples (ties: alphabetical)."""
-    counts: dict[str, int] = {}
-    for s in samples:
-        counts[s.answers[0]] = counts.get(s.answers[0], 0) + 1
-    return min(counts, key=lambda a: (-counts[a], a))
+def collate_qa(samples: list[QASample], ctx: CollateContext) -> QABatch:
+    """Questions of a batch with their distinct images encoded once, and their targets."""
+    unique = list(dict.fromkeys(s.image for s in samples))
+    pos = {p: i for i, p in enumerate(unique)}
+    images, feats = ctx.images(unique)
+    answers = ctx.answers
+    soft = None
+    if ctx.targets == "soft" and answers is not None:
+        rows, cols, vals = [], [], []
+        for i, s in enumerate(samples):
+            for j, v in answers.soft(s.answers):
+                rows.append(i)
+                cols.append(j)
+                vals.append(v)
+        soft = torch.zeros(len(samples), len(answers))
+        if vals:
+            soft[torch.tensor(rows), torch.tensor(cols)] = torch.tensor(vals)
+        soft = soft if ctx.device is None else soft.to(ctx.device, non_blocking=True)
+    questions = [s.question for s in samples]
+    text, mask = ctx.texts(questions)
+    return QABatch(
+        ids=[s.id for s in samples],
+        images=images,
+        image_index=ctx.tensor([pos[s.image] for s in samples], torch.long),
+        questions=questions,
+        labels=ctx.tensor([answers.hard(s.answers) if answers is not None else -1 for s in samples], torch.long),
+        answerable=ctx.tensor([1.0 if s.answerable else 0.0 for s in samples], torch.float32),
+        question_types=[s.question_type for s in samples],
+        image_features=feats,
+        soft_labels=soft,
+        text_features=text,
+        text_mask=mask,
+    )
 
 
-def reference_fields(sample: QASample) -> dict[str, Any]:
+def qa_reference_fields(sample: QASample) -> dict[str, Any]:
     """What a stored prediction line keeps of its sample, so it can be re-scored alone."""
     return {
         "id": sample.id,
@@ -79,42 +105,9 @@ def reference_fields(sample: QASample) -> dict[str, Any]:
     }
 
 
-def score_vqa(records: Sequence[dict[str, Any]], mode: str = "vqa") -> dict[str, Any]:
-    """Metrics of classification VQA from stored prediction lines (``answer`` vs ``answers``)."""
-    preds = [r["answer"] for r in records]
-    refs = [r["answers"] for r in records]
-    result = metrics.vqa_accuracy(
-        preds,
-        refs,
-        question_types=[r.get("question_type", "") for r in records],
-        answer_types=[r.get("answer_type", "") for r in records],
-        mode=mode,
-    )
-    out: dict[str, Any] = {"vqa_accuracy": result["vqa_accuracy"]}
-    out.update({f"acc/{t}": v for t, v in sorted(result["per_question_type"].items())})
-    out.update({f"acc_answer_type/{t}": v for t, v in sorted(result["per_answer_type"].items())})
-    # Weighted P/R/F1 compare against the first (consensus) answer, as report 001 does.
-    out.update(metrics.weighted_prf([r[0] for r in refs], preds))
-    out["prediction_distribution"] = metrics.prediction_distribution(preds, top=10)
-    if all("confidence" in r for r in records) and records:
-        scores = [metrics.vqa_score(p, a, mode=mode) for p, a in zip(preds, refs)]
-        out["risk_coverage"] = metrics.risk_coverage(scores, [r["confidence"] for r in records])
-        out["aurc"] = out["risk_coverage"]["aurc"]
-    return out
-
-
-def score_answerability(records: Sequence[dict[str, Any]], mode: str = "vizwiz") -> dict[str, Any]:
-    """Answerability metrics (unanswerable = positive class), plus VQA accuracy when answers exist."""
-    out: dict[str, Any] = dict(
-        metrics.answerability_metrics(
-            [bool(r["answerable"]) for r in records], [float(r["answerable_score"]) for r in records]
-        )
-    )
-    if records and all("answer" in r for r in records):
-        qa = metrics.vqa_accuracy([r["answer"] for r in records], [r["answers"] for r in records], mode=mode)
-        out["vqa_accuracy"] = qa["vqa_accuracy"]
-        scores = [metrics.vqa_score(r["answer"], r["answers"], mode=mode) for r in records]
-        # Answer only where the model is most sure the question is answerable.
-        out["risk_coverage"] = metrics.risk_coverage(scores, [float(r["answerable_score"]) for r in records])
-        out["aurc"] = out["risk_coverage"]["aurc"]
-    return out
+def majority_answer(samples: Sequence[QASample]) -> str:
+    """The most common consensus answer of the training samples (ties: alphabetical)."""
+    counts: dict[str, int] = {}
+    for s in samples:
+        counts[s.consensus] = counts.get(s.consensus, 0) + 1
+    return min(counts, key=lambda a: (-counts[a], a))

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from vqabench import metrics
+from vqabench.tasks.base import Batch, CollateContext, Task
 
 
 @dataclass(frozen=True)
@@ -22,24 +23,46 @@ class ImageSample:
 
 
 @dataclass
-class ImageBatch:
+class ImageBatch(Batch):
     ids: list[str]
     images: torch.Tensor  # float [B, 3, H, W] in [0, 1]
     labels: torch.Tensor  # long [B]
     image_features: torch.Tensor | None = None  # frozen-stem output per image, when cached
 
-    def to(self, device: torch.device) -> ImageBatch:
-        feats = None if self.image_features is None else self.image_features.to(device, non_blocking=True)
-        return ImageBatch(
-            self.ids, self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True), feats
-        )
+
+class ZeroShotTask(Task):
+    name = "zeroshot"
+    description = "zero-shot classification: logits over class names"
+    sample_type = ImageSample
+    prediction_fields = ("logits",)
+    primary_metric = "top1"
+    metric_names = ("top1", "top5", "mean_per_class_recall")
+    columns = (("top1", "Top-1"), ("top5", "Top-5"), ("mean_per_class_recall", "Mean per-class"))
+
+    def collate(self, samples: list[ImageSample], ctx: CollateContext) -> ImageBatch:
+        images, feats = ctx.images([s.image for s in samples])
+        return ImageBatch([s.id for s in samples], images, ctx.tensor([s.label for s in samples], torch.long), feats)
+
+    def reference_fields(self, sample: ImageSample) -> dict[str, Any]:
+        return {"id": sample.id, "label": sample.label}
+
+    def score_options(self, data: Any) -> dict[str, Any]:
+        return {"num_classes": len(data.class_names) if data.class_names else None}
+
+    def score(self, lines: Sequence[dict[str, Any]], num_classes: int | None = None, **_: Any) -> dict[str, Any]:
+        num_classes = num_classes or len(lines[0]["logits"])
+        logits = np.asarray([r["logits"] for r in lines], dtype=np.float64).reshape(len(lines), num_classes)
+        return dict(metrics.zero_shot_metrics(logits, [int(r["label"]) for r in lines]))
+
+    def baseline(self, train: Sequence[ImageSample], data: Any) -> tuple[str, dict[str, Any]] | None:
+        if not train or not data.class_names:
+            return None
+        counts = Counter(s.label for s in train)
+        label = min(counts, key=lambda c: (-counts[c], c))
+        # Classes ranked by training frequency, so top-5 is the five most frequent classes.
+        rank = {c: -(counts.get(c, 0) + (1 if c == label else 0)) for c in range(len(data.class_names))}
+        logits = [float(-rank[c]) for c in range(len(data.class_names))]
+        return f'Most frequent class ("{data.class_names[label]}")', {"logits": logits}
 
 
-def reference_fields(sample: ImageSample) -> dict[str, Any]:
-    return {"id": sample.id, "label": sample.label}
-
-
-def score_zeroshot(records: Sequence[dict[str, Any]], num_classes: int) -> dict[str, Any]:
-    """Top-1, top-5 and mean per-class recall from stored ``logits`` lines."""
-    logits = np.asarray([r["logits"] for r in records], dtype=np.float64).reshape(len(records), num_classes)
-    return dict(metrics.zero_shot_metrics(logits, [int(r["label"]) for r in records]))
+TASK = ZeroShotTask()

@@ -1,8 +1,12 @@
-"""An example third-party vqabench plugin: the ``example-colors`` dataset and two tiny models.
+"""An example third-party vqabench plugin: the ``example-colors`` dataset, tiny models and a task kind.
 
-``example-colors`` draws one coloured square per image and asks about its colour.
-``example-bow`` is a trained VQA model (pixels + bag of words); ``example-colorname`` is a
-zero-shot classifier that needs no training (it matches the image's mean colour to colour names).
+``example-colors`` draws one coloured square per image and asks about its colour; a second
+domain (``target_train`` / ``target_test``) draws the same squares on a grey background, and
+``--data annotators=10`` gives every colour question ten noisy human answers.
+``example-bow`` is a trained VQA model (pixels + bag of words); ``example-colorname`` needs no
+training (it matches the image's brightest colour to colour names). ``models.py`` holds the
+models that show the core's mechanisms (soft targets, two stages, two streams) and
+``multiple_choice.py`` a task kind this plugin adds.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vqabench.config import TrainConfig
+from vqabench.config import EvalConfig, TrainConfig
 from vqabench.hookspecs import hookimpl
 from vqabench.model import Stem, TaskModel
 from vqabench.registry import DatasetSpec, ModelSpec
@@ -26,6 +30,9 @@ from vqabench.tasks import TaskData, TaskKind
 from vqabench.tasks.captioning import CaptionSample
 from vqabench.tasks.qa import QASample
 from vqabench.tasks.zeroshot import ImageSample
+from vqabench.vocab import answer_vocabulary, describe_rule
+from vqabench_example.multiple_choice import TASK as MULTIPLE_CHOICE
+from vqabench_example.multiple_choice import ChoiceSample
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220), "yellow": (230, 220, 30)}
 
@@ -35,6 +42,7 @@ class ExampleConfig:
     images: int = 48
     image_size: int = 16
     seed: int = 0
+    annotators: int = 1  # human answers per colour question; with more, some name a wrong colour
 
 
 def _generate(cfg: ExampleConfig, root: Path) -> None:
@@ -50,32 +58,57 @@ def _generate(cfg: ExampleConfig, root: Path) -> None:
         arr[y : y + s, x : x + s] = COLORS[name]
         Image.fromarray(arr).save(tmp / "images" / f"{i}.png")
         rows.append({"index": i, "color": name})
+    # The target domain: the same kind of squares on a grey background (own RNG, so the source
+    # images stay those of earlier versions).
+    trng = np.random.default_rng([cfg.seed, 1])
+    for i in range(cfg.images // 2):
+        name = list(COLORS)[i % len(COLORS)]
+        arr = np.full((cfg.image_size, cfg.image_size, 3), 110, dtype=np.uint8)
+        s = int(trng.integers(cfg.image_size // 3, cfg.image_size))
+        y, x = trng.integers(0, cfg.image_size - s + 1, size=2)
+        arr[y : y + s, x : x + s] = COLORS[name]
+        Image.fromarray(arr).save(tmp / "images" / f"t{i}.png")
+        rows.append({"index": f"t{i}", "color": name, "domain": "target"})
     (tmp / "labels.json").write_text(json.dumps(rows))
     os.replace(tmp, root)
 
 
-def load(cfg: ExampleConfig, kind: TaskKind, cache_dir: Path) -> TaskData:
-    root = Path(cache_dir) / f"example-colors-{cfg.images}-{cfg.image_size}-{cfg.seed}"
+def _split(r: dict) -> str:
+    if r.get("domain") == "target":
+        return "target_train" if int(r["index"][1:]) % 3 else "target_test"
+    return "train" if r["index"] % 6 < 4 else ("val" if r["index"] % 6 == 4 else "test")
+
+
+def _color_answers(color: str, annotators: int, rng: np.random.Generator) -> tuple[str, ...]:
+    """``annotators`` human answers: mostly right, about one in five naming another colour."""
+    if annotators == 1:
+        return (color,)
+    others = [c for c in COLORS if c != color]
+    return tuple(color if rng.random() > 0.2 else others[int(rng.integers(len(others)))] for _ in range(annotators))
+
+
+def load(cfg: ExampleConfig, kind: str, cache_dir: Path) -> TaskData:
+    root = Path(cache_dir) / f"example-colors-{cfg.images}-{cfg.image_size}-{cfg.seed}-v2"
     if not (root / "labels.json").exists():
         _generate(cfg, root)
     rows = json.loads((root / "labels.json").read_text())
     revision = hashlib.sha256((root / "labels.json").read_bytes()).hexdigest()[:16]
     names = list(COLORS)
+    rng = np.random.default_rng([cfg.seed, cfg.annotators])
     splits: dict[str, list] = {"train": [], "val": [], "test": []}
     for r in rows:
-        split = "train" if r["index"] % 6 < 4 else ("val" if r["index"] % 6 == 4 else "test")
+        split = _split(r)
         img = str(root / "images" / f"{r['index']}.png")
         if kind in (TaskKind.VQA, TaskKind.ANSWERABILITY):
-            splits[split].append(
-                QASample(f"{r['index']}/color", img, "what color is the square?", (r["color"],), "color", "other")
-            )
+            answers = _color_answers(r["color"], cfg.annotators, rng)
+            samples = [QASample(f"{r['index']}/color", img, "what color is the square?", answers, "color", "other")]
             for probe in ("red", "blue"):
                 ans = "yes" if r["color"] == probe else "no"
-                splits[split].append(
+                samples.append(
                     QASample(f"{r['index']}/is-{probe}", img, f"is the square {probe}?", (ans,), "yes/no", "yes/no")
                 )
-            if kind is TaskKind.ANSWERABILITY:  # there is never a circle
-                splits[split].append(
+            if kind == TaskKind.ANSWERABILITY:  # there is never a circle
+                samples.append(
                     QASample(
                         f"{r['index']}/circle",
                         img,
@@ -86,22 +119,30 @@ def load(cfg: ExampleConfig, kind: TaskKind, cache_dir: Path) -> TaskData:
                         answerable=False,
                     )
                 )
-        elif kind is TaskKind.ZEROSHOT:
+            splits.setdefault(split, []).extend(samples)
+        elif r.get("domain") == "target":
+            continue  # the second domain is for question answering only
+        elif kind == TaskKind.ZEROSHOT:
             splits[split].append(ImageSample(str(r["index"]), img, names.index(r["color"])))
+        elif kind == "multiple-choice":
+            order = np.random.default_rng([cfg.seed, r["index"]]).permutation(len(names)).tolist()
+            candidates = tuple(f"a {names[i]} square" for i in order)
+            splits[split].append(ChoiceSample(str(r["index"]), img, candidates, order.index(names.index(r["color"]))))
         else:
             splits[split].append(
                 CaptionSample(str(r["index"]), img, (f"a {r['color']} square", f"a {r['color']} square on black"))
             )
-    vocab = sorted({a for v in splits.values() for s in v if isinstance(s, QASample) for a in s.answers}) or None
+    qa = [s for v in splits.values() for s in v if isinstance(s, QASample)]
     return TaskData(
         "example-colors",
         kind,
         root,
         splits,
         revision,
-        answer_vocab=vocab,
-        class_names=names if kind is TaskKind.ZEROSHOT else None,
-        templates=["a {} square"] if kind is TaskKind.ZEROSHOT else None,
+        answer_vocab=answer_vocabulary([s for s in qa if not s.id.startswith("t")]) or None,
+        vocab_rule=describe_rule("all"),
+        class_names=names if kind == TaskKind.ZEROSHOT else None,
+        templates=["a {} square"] if kind == TaskKind.ZEROSHOT else None,
     )
 
 
@@ -133,7 +174,7 @@ class BagOfWords(TaskModel):
     def __init__(self, cfg: BowConfig, vocab: list[str], kind: TaskKind = TaskKind.VQA) -> None:
         super().__init__()
         self.cfg, self.vocab, self.image_size, self.kind = cfg, vocab, cfg.image_size, kind
-        outputs = len(vocab) + (kind is TaskKind.ANSWERABILITY)
+        outputs = len(vocab) + (kind == TaskKind.ANSWERABILITY)
         self.mlp = nn.Sequential(
             nn.Linear(3 * cfg.pooled_size**2 + cfg.buckets, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, outputs)
         )
@@ -159,10 +200,16 @@ class BagOfWords(TaskModel):
 
     def loss(self, batch) -> torch.Tensor:
         out = self(batch)
-        loss = nn.functional.cross_entropy(
-            out[:, : len(self.vocab)], batch.labels, ignore_index=-1, label_smoothing=self.cfg.train.label_smoothing
-        )
-        if self.kind is TaskKind.ANSWERABILITY:
+        logits = out[:, : len(self.vocab)]
+        if batch.soft_labels is not None:
+            # Soft targets (train.targets = "soft"): BCE per answer, summed over answers as VQA heads do.
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.soft_labels, reduction="sum")
+            loss = loss / logits.shape[0]
+        else:
+            loss = nn.functional.cross_entropy(
+                logits, batch.labels, ignore_index=-1, label_smoothing=self.cfg.train.label_smoothing
+            )
+        if self.kind == TaskKind.ANSWERABILITY:
             loss = loss + nn.functional.binary_cross_entropy_with_logits(out[:, -1], batch.answerable)
         return loss
 
@@ -170,7 +217,7 @@ class BagOfWords(TaskModel):
         out = self(batch).float()
         conf, idx = out[:, : len(self.vocab)].softmax(-1).max(-1)
         preds = [{"answer": self.vocab[i], "confidence": c} for i, c in zip(idx.tolist(), conf.tolist())]
-        if self.kind is TaskKind.ANSWERABILITY:
+        if self.kind == TaskKind.ANSWERABILITY:
             for p, s in zip(preds, out[:, -1].sigmoid().tolist()):
                 p["answerable_score"] = s
         return preds
@@ -179,7 +226,7 @@ class BagOfWords(TaskModel):
 @dataclass(frozen=True)
 class ColorNameConfig:
     image_size: int = 16
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=0, eval_splits=("test",)))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(splits=("test",)))
 
 
 class ColorName(TaskModel):
@@ -188,7 +235,6 @@ class ColorName(TaskModel):
     As a captioner it names the closest colour: "a <colour> square".
     """
 
-    trains = False
     weights = "none (colour-name table)"
 
     def __init__(self, cfg: ColorNameConfig, class_names: list[str]) -> None:
@@ -206,9 +252,17 @@ class ColorName(TaskModel):
 
     def predict(self, batch):
         logits = self._logits(batch.images)
+        if hasattr(batch, "candidates"):  # multiple choice: the candidate naming the closest colour
+            names = [self.class_names[i] for i in logits.argmax(1).tolist()]
+            return [{"choice": next((j for j, c in enumerate(cs) if n in c), 0)} for n, cs in zip(names, batch.candidates)]
         if hasattr(batch, "captions"):
             return [{"caption": f"a {self.class_names[i]} square"} for i in logits.argmax(1).tolist()]
         return [{"logits": row} for row in logits.tolist()]
+
+
+@hookimpl
+def register_tasks(register):
+    register(MULTIPLE_CHOICE)
 
 
 @hookimpl
@@ -216,7 +270,7 @@ def register_datasets(register):
     register(
         DatasetSpec(
             "example-colors",
-            (TaskKind.VQA, TaskKind.ANSWERABILITY, TaskKind.ZEROSHOT, TaskKind.CAPTIONING),
+            (TaskKind.VQA, TaskKind.ANSWERABILITY, TaskKind.ZEROSHOT, TaskKind.CAPTIONING, "multiple-choice"),
             ExampleConfig,
             load,
             unsafe_augmentations=frozenset({"hue", "hflip"}),
@@ -243,8 +297,42 @@ def register_models(register):
             "example-colorname",
             "Example",
             "Example colour names",
-            (TaskKind.ZEROSHOT, TaskKind.CAPTIONING),
+            (TaskKind.ZEROSHOT, TaskKind.CAPTIONING, "multiple-choice"),
             ColorNameConfig,
             lambda cfg, data, device: ColorName(cfg, data.class_names or list(COLORS)),
+        )
+    )
+    from vqabench_example import models  # after BagOfWords exists: the models build on it
+
+    register(
+        ModelSpec(
+            "example-bow-soft",
+            "Example",
+            "Example BoW (soft targets)",
+            (TaskKind.VQA,),
+            BowConfig,
+            lambda cfg, data, device: BagOfWords(cfg, data.answer_vocab, data.kind),
+            profiles={"quick": {"train": models.soft_recipe()}},
+            description="example-bow trained with BCE on soft targets from every human answer",
+        )
+    )
+    register(
+        ModelSpec(
+            "example-staged",
+            "Example",
+            "Example two-stage (head, then adapter)",
+            (TaskKind.VQA,),
+            models.StagedConfig,
+            lambda cfg, data, device: models.StagedBow(cfg, data.answer_vocab),
+        )
+    )
+    register(
+        ModelSpec(
+            "example-dann",
+            "Example",
+            "Example domain-adversarial BoW",
+            (TaskKind.VQA,),
+            models.DannConfig,
+            lambda cfg, data, device: models.DannBow(cfg, data.answer_vocab),
         )
     )

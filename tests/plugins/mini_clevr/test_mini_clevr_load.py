@@ -50,7 +50,7 @@ def test_every_kind_has_nonempty_valid_splits(loaded, kind, cache_dir):
     assert task.dataset == "mini-clevr"
     assert task.root.parent == cache_dir and task.revision == verify(task.root)["revision"]
     assert task.unsafe_augmentations == frozenset({"hflip", "hue", "crop", "erase"})
-    expected = SPLITS if task.kind is TaskKind.ZEROSHOT else SPLITS + TARGET_SPLITS
+    expected = SPLITS if task.kind == TaskKind.ZEROSHOT else SPLITS + TARGET_SPLITS
     assert list(task.splits) == expected
     ids = set()
     for split, samples in task.splits.items():
@@ -72,7 +72,7 @@ def test_qa_kinds(loaded, kind):
     answerable = [s for s in samples if s.answerable]
     assert all(s.answers[0] in task.answer_vocab for s in samples)
     assert {s.answer_type for s in answerable} == {"other", "number", "yes/no"}
-    if task.kind is TaskKind.VQA:
+    if task.kind == TaskKind.VQA:
         assert answerable == samples and UNANSWERABLE not in task.answer_vocab
         assert task.answer_vocab[: len(COLORS)] == list(COLORS)
     else:

@@ -1,0 +1,58 @@
+"""Answerability: is a question about an image answerable (VizWiz style); answers where given."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from vqabench import metrics
+from vqabench.tasks.base import CollateContext, Task
+from vqabench.tasks.qa import QABatch, QASample, collate_qa, majority_answer, qa_reference_fields
+
+
+class AnswerabilityTask(Task):
+    name = "answerability"
+    description = "answerability: score that a question can be answered; unanswerable is the positive class"
+    sample_type = QASample
+    prediction_fields = ("answerable_score",)
+    primary_metric = "ap_unanswerable"
+    metric_names = ("ap_unanswerable", "f1_unanswerable", "auroc", "accuracy")
+    columns = (
+        ("ap_unanswerable", "AP (unanswerable)"),
+        ("auroc", "AUROC"),
+        ("f1_unanswerable", "F1 @0.5"),
+        ("accuracy", "Acc @0.5"),
+        ("vqa_accuracy", "VQA Acc"),
+    )
+    group_by_image = True
+
+    def collate(self, samples: list[QASample], ctx: CollateContext) -> QABatch:
+        return collate_qa(samples, ctx)
+
+    def reference_fields(self, sample: QASample) -> dict[str, Any]:
+        return qa_reference_fields(sample)
+
+    def score_options(self, data: Any) -> dict[str, Any]:
+        return {"vqa_mode": data.vqa_mode}
+
+    def score(self, lines: Sequence[dict[str, Any]], vqa_mode: str = "vizwiz", **_: Any) -> dict[str, Any]:
+        out: dict[str, Any] = dict(
+            metrics.answerability_metrics(
+                [bool(r["answerable"]) for r in lines], [float(r["answerable_score"]) for r in lines]
+            )
+        )
+        if lines and all("answer" in r for r in lines):
+            qa = metrics.vqa_accuracy([r["answer"] for r in lines], [r["answers"] for r in lines], mode=vqa_mode)
+            out["vqa_accuracy"] = qa["vqa_accuracy"]
+            scores = [metrics.vqa_score(r["answer"], r["answers"], mode=vqa_mode) for r in lines]
+            # Answer only where the model is most sure the question is answerable.
+            out["risk_coverage"] = metrics.risk_coverage(scores, [float(r["answerable_score"]) for r in lines])
+            out["aurc"] = out["risk_coverage"]["aurc"]
+        return out
+
+    def baseline(self, train: Sequence[QASample], data: Any) -> tuple[str, dict[str, Any]]:
+        # The prior: every question gets the training rate of answerable questions (AP = positive rate).
+        rate = sum(s.answerable for s in train) / max(1, len(train))
+        return f"Prior (answerable {rate:.2f})", {"answerable_score": rate, "answer": majority_answer(train)}
+
+
+TASK = AnswerabilityTask()
