@@ -289,6 +289,9 @@ def register_models(register):
             config_cls=CLIPLoRAConfig,
             build=build,
             profiles=PROFILES,
-            description="CLIP ViT-B/32 (OpenAI), frozen, LoRA r=8 on visual blocks 10-11; fusion head as ResNet-SBERT (report 000 s3)",
+            description=(
+                "CLIP ViT-B/32 (OpenAI), frozen, LoRA r=8 on visual blocks 10-11; fusion head as ResNet-SBERT "
+                "(report 000 s3)"
+            ),
         )
     )

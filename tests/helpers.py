@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from vqabench.tasks.qa import QABatch
+
 
 def add_distribution(
     site: Path, name: str, entry_points: dict[str, str], modules: dict[str, str] | None = None
@@ -96,8 +98,6 @@ def make_batch(size: int, answers: int, seed: int = 0) -> QABatch:
         "what color is the circle?",
         "is the red square left of the blue circle?",
     ]
-    from vqabench.tasks.qa import QABatch
-
     return QABatch(
         ids=["q0", "q1", "q2", "q3"],
         images=torch.rand(2, 3, size, size, generator=g),

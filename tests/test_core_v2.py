@@ -26,8 +26,15 @@ def _record(out: Path, model: str, kind: str = "vqa") -> dict:
 
 def _run(tmp_path: Path, out: str, *args: str) -> subprocess.CompletedProcess:
     proc = run_cli(
-        "run", "--tasks", "example-colors/vqa", "--out", str(tmp_path / out), "--cache-dir", str(tmp_path / "cache"),
-        "--no-progress", *args,
+        "run",
+        "--tasks",
+        "example-colors/vqa",
+        "--out",
+        str(tmp_path / out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+        *args,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -56,8 +63,20 @@ def test_a_run_killed_in_stage_two_resumes_to_the_metrics_of_an_uninterrupted_ru
     args = ["--models", "example-staged", "--set", "example-staged:step_delay=0.03"]
     _run(tmp_path, "whole", *args)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "vqabench.cli", "run", "--tasks", "example-colors/vqa", "--out", str(out),
-           "--cache-dir", str(tmp_path / "cache"), "--no-progress", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vqabench.cli",
+        "run",
+        "--tasks",
+        "example-colors/vqa",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+        *args,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stage2 = cell_dir(out, "example-colors", "vqa", "example-staged", "quick", 0) / "ckpt" / "2-adapt" / "last"
     deadline = time.monotonic() + 300
@@ -109,8 +128,16 @@ def test_the_engine_cycles_the_shorter_stream_and_progress_runs_from_0_to_1(tmp_
         batches = []
         original = prep.model.loss
         prep.model.loss = lambda b: batches.append(b) or original(b)
-        result = fit(prep.model, prep.train, prep.streams, lambda: {"vqa_accuracy": 0.5},
-                     cell.task.metric("vqa_accuracy"), prep.device, tmp_path / "ckpt", progress=False)
+        result = fit(
+            prep.model,
+            prep.train,
+            prep.streams,
+            lambda: {"vqa_accuracy": 0.5},
+            cell.task.metric("vqa_accuracy"),
+            prep.device,
+            tmp_path / "ckpt",
+            progress=False,
+        )
     finally:
         models.reversal_weight = real
     assert model is not None and len(result.history) == 6
@@ -122,8 +149,18 @@ def test_the_engine_cycles_the_shorter_stream_and_progress_runs_from_0_to_1(tmp_
 
 def test_an_evaluation_only_model_is_not_trained_and_decodes_only_its_splits(tmp_path, only_example):
     proc = run_cli(
-        "run", "--models", "example-colorname", "--tasks", "example-colors/zeroshot", "--out", str(tmp_path / "runs"),
-        "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--epochs", "3",
+        "run",
+        "--models",
+        "example-colorname",
+        "--tasks",
+        "example-colors/zeroshot",
+        "--out",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+        "--epochs",
+        "3",
     )
     assert proc.returncode == 0, proc.stderr
     rec = _record(tmp_path / "runs", "example-colorname", "zeroshot")
@@ -147,7 +184,9 @@ def test_soft_targets_from_ten_answers(tmp_path, plugin_site):
     from vqabench.registry import ModelRef
 
     registry, _ = load_plugins()
-    cell = Cell(ModelRef("example-bow-soft"), registry.model("example-bow-soft"), registry.dataset("example-colors"), "vqa")
+    cell = Cell(
+        ModelRef("example-bow-soft"), registry.model("example-bow-soft"), registry.dataset("example-colors"), "vqa"
+    )
     opts = RunOptions(cache_dir=tmp_path, progress=False, data_overrides={"annotators": 10})
     mcfg, dcfg = resolve(cell, opts)
     prep = prepare(cell, opts, mcfg, dcfg, cell.dataset.load(dcfg, "vqa", tmp_path))
@@ -169,8 +208,17 @@ def test_soft_targets_from_ten_answers(tmp_path, plugin_site):
 
 def test_a_plugin_registered_task_kind_runs_scores_and_gets_a_table(tmp_path, only_example):
     proc = run_cli(
-        "run", "--models", "example-colorname", "--tasks", "example-colors/multiple-choice", "--out",
-        str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--leaderboards",
+        "run",
+        "--models",
+        "example-colorname",
+        "--tasks",
+        "example-colors/multiple-choice",
+        "--out",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+        "--leaderboards",
         str(tmp_path / "lb"),
     )
     assert proc.returncode == 0, proc.stderr
@@ -186,8 +234,17 @@ def test_a_plugin_registered_task_kind_runs_scores_and_gets_a_table(tmp_path, on
 
 def test_a_best_metric_the_task_does_not_produce_fails_before_training(tmp_path, only_example):
     proc = run_cli(
-        "run", "--models", "example-bow", "--tasks", "example-colors/vqa", "--out", str(tmp_path / "runs"),
-        "--cache-dir", str(tmp_path / "cache"), "--set", "train.best_metric=top1",
+        "run",
+        "--models",
+        "example-bow",
+        "--tasks",
+        "example-colors/vqa",
+        "--out",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--set",
+        "train.best_metric=top1",
     )
     assert proc.returncode == 2
     assert "'top1' is not produced by task kind 'vqa'" in proc.stderr and "vqa_accuracy" in proc.stderr
@@ -195,8 +252,20 @@ def test_a_best_metric_the_task_does_not_produce_fails_before_training(tmp_path,
 
 
 def test_validation_loss_selects_the_lowest_and_val_every_skips_epochs(tmp_path, only_example):
-    _run(tmp_path, "runs", "--models", "example-bow", "--set", "train.best_metric=val_loss",
-         "--set", "train.val_every=2", "--set", "train.val_limit=10", "--epochs", "5")
+    _run(
+        tmp_path,
+        "runs",
+        "--models",
+        "example-bow",
+        "--set",
+        "train.best_metric=val_loss",
+        "--set",
+        "train.val_every=2",
+        "--set",
+        "train.val_limit=10",
+        "--epochs",
+        "5",
+    )
     rec = _record(tmp_path / "runs", "example-bow")
     validated = [h for h in rec["history"] if "val" in h]
     assert [h["epoch"] for h in validated] == [2, 4, 5]  # every 2 epochs and after the last
@@ -205,8 +274,19 @@ def test_validation_loss_selects_the_lowest_and_val_every_skips_epochs(tmp_path,
 
 
 def test_staged_epochs_need_a_stage_name(tmp_path, only_example):
-    proc = run_cli("run", "--models", "example-staged", "--tasks", "example-colors/vqa", "--epochs", "2",
-                   "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"))
+    proc = run_cli(
+        "run",
+        "--models",
+        "example-staged",
+        "--tasks",
+        "example-colors/vqa",
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
     assert proc.returncode == 2 and "train.stages.head.epochs=N" in proc.stderr
     _run(tmp_path, "runs", "--models", "example-staged", "--set", "example-staged:train.stages.adapt.epochs=1")
     assert [h["stage"] for h in _record(tmp_path / "runs", "example-staged")["history"]] == ["head"] * 3 + ["adapt"]
@@ -216,7 +296,7 @@ def test_create_model_builds_a_ready_model(tmp_path, plugin_site):
     import vqabench
 
     model = vqabench.create_model("example-bow", dataset="example-colors", kind="vqa", cache_dir=tmp_path)
-    assert model.vocab and not model.training is None
+    assert model.vocab and model.training is not None
     with pytest.raises(ValueError, match="has no task kind 'zeroshot'"):
         vqabench.create_model("example-bow", dataset="example-colors", kind="zeroshot", cache_dir=tmp_path)
 

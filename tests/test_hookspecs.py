@@ -12,7 +12,7 @@ HOOKS = sorted(
 
 def test_hooks_are_found():
     # Guards the parametrised tests below against silently checking nothing.
-    assert {"register_datasets", "register_models"} <= set(HOOKS)
+    assert {"register_tasks", "register_datasets", "register_models"} <= set(HOOKS)
 
 
 def test_markers_belong_to_the_vqabench_project():

@@ -1,8 +1,11 @@
 import warnings
 
+import pytest
 from helpers import add_distribution, run_cli
 
+from vqabench import tasks
 from vqabench.plugins import PluginWarning, load_plugins
+from vqabench.tasks import get_task
 
 HOOK_RAISES = """
 from vqabench.hookspecs import hookimpl
@@ -31,8 +34,14 @@ def test_example_plugin_is_discovered_through_entry_points(plugin_site, monkeypa
     (info,) = infos
     assert (info.name, info.distribution, info.version, info.status) == ("example", "vqabench-example", "0.1.0", "ok")
     assert info.datasets == ["example-colors"]
-    assert info.models == ["example-bow", "example-colorname"]
+    assert info.models[:2] == ["example-bow", "example-colorname"] and set(info.models) == set(registry.models)
     assert registry.owner[("model", "example-bow")] == "example"
+    # The plugin's own task kind: registered, owned and reachable through get_task.
+    assert info.tasks == ["multiple-choice"]
+    assert registry.owner[("task", "multiple-choice")] == "example"
+    assert list(registry.tasks) == ["vqa", "answerability", "zeroshot", "captioning", "multiple-choice"]
+    assert get_task("multiple-choice") is registry.tasks["multiple-choice"]
+    assert "multiple-choice" in registry.dataset("example-colors").task_kinds
 
 
 def test_broken_plugins_warn_and_the_rest_load(plugin_site, monkeypatch):
@@ -82,3 +91,84 @@ def test_first_party_plugins_are_not_a_top_level_plugins_package():
     assert importlib.util.find_spec("plugins") is None or "site-packages" not in str(
         importlib.util.find_spec("plugins").origin
     )
+
+
+TASK_USER = """
+from vqabench.hookspecs import hookimpl
+from vqabench.registry import DatasetSpec
+import vqabench_example as ex
+
+@hookimpl
+def register_datasets(register):
+    register(DatasetSpec("counted", ("counting",), ex.ExampleConfig, ex.load))
+"""
+
+TASK_MAKER = """
+from vqabench.hookspecs import hookimpl
+from vqabench.metrics.base import Metric
+from vqabench.tasks.base import Task
+
+class Counting(Task):
+    name = "counting"
+    primary_metric = "mae"
+    metric_names = ("mae",)
+    extra_metrics = {"mae": Metric("mae", higher_is_better=False)}
+
+@hookimpl
+def register_tasks(register):
+    register(Counting())
+"""
+
+TASK_TAKEN = """
+from vqabench.hookspecs import hookimpl
+from vqabench.registry import ModelSpec
+import vqabench_example as ex
+from vqabench_example.multiple_choice import MultipleChoiceTask
+
+@hookimpl
+def register_tasks(register):
+    register(MultipleChoiceTask())
+
+@hookimpl
+def register_models(register):
+    register(ModelSpec("never", "N", "N", ("vqa",), ex.BowConfig, None))
+"""
+
+
+def test_a_dataset_may_use_a_kind_a_plugin_loaded_after_it_registers(plugin_site, monkeypatch):
+    # "a_user" sorts before "z_maker": task kinds are collected from every plugin before datasets.
+    add_distribution(plugin_site, "vqabench-user", {"a_user": "vqabench_user"}, {"vqabench_user": TASK_USER})
+    add_distribution(plugin_site, "vqabench-maker", {"z_maker": "vqabench_maker"}, {"vqabench_maker": TASK_MAKER})
+    monkeypatch.setenv("VQABENCH_PLUGINS", "example,a_user,z_maker")
+    try:
+        registry, infos = load_plugins()
+        by_name = {i.name: i for i in infos}
+        assert all(i.status == "ok" for i in infos), [(i.name, i.error) for i in infos]
+        assert by_name["z_maker"].tasks == ["counting"] and by_name["a_user"].datasets == ["counted"]
+        assert registry.dataset("counted").task_kinds == ("counting",)
+        assert get_task("counting").metric("mae").higher_is_better is False
+    finally:
+        monkeypatch.setenv("VQABENCH_PLUGINS", "example")
+        registry, _ = load_plugins()
+    # A new registry has only what its plugins register, but a kind once loaded stays resolvable in
+    # this process (records and objects of that kind must not be stranded by a later load).
+    assert "counting" not in registry.tasks and registry.dataset("example-colors")
+    assert get_task("counting").name == "counting"
+    tasks.set_plugin_tasks(
+        {k: v for k, v in tasks.all_tasks().items() if k not in ("counting", *tasks.builtin_tasks())}
+    )
+
+
+def test_a_plugin_registering_a_taken_kind_fails_whole(plugin_site, monkeypatch):
+    add_distribution(plugin_site, "vqabench-taken", {"zz_taken": "vqabench_taken"}, {"vqabench_taken": TASK_TAKEN})
+    monkeypatch.setenv("VQABENCH_PLUGINS", "example,zz_taken")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        registry, infos = load_plugins()
+    by_name = {i.name: i for i in infos}
+    assert by_name["example"].status == "ok"
+    assert "task kind 'multiple-choice' is already registered by 'example'" in by_name["zz_taken"].error
+    # Nothing of the failed plugin stays: not its kind, not its models.
+    assert by_name["zz_taken"].tasks == [] and by_name["zz_taken"].models == [] and "never" not in registry.models
+    assert registry.owner[("task", "multiple-choice")] == "example"
+    assert any("'zz_taken'" in str(w.message) for w in caught if issubclass(w.category, PluginWarning))

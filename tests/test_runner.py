@@ -9,15 +9,19 @@ import pytest
 from helpers import run_cli
 
 from vqabench.plugins import load_plugins
+from vqabench.registry import DatasetSpec
 from vqabench.results import iter_records, read_jsonl
-from vqabench.runner import RunOptions, plan, run
+from vqabench.runner import RunOptions, Skipped, plan, run
+
+# The example plugin's first two models; its others (soft targets, stages, streams) have their own tests.
+MODELS = ("example-bow", "example-colorname")
 
 
 @pytest.fixture
 def opts(only_example, tmp_path):
     # Captioning has its own test below: its Java scorers take seconds to start.
     return RunOptions(
-        models=("all",),
+        models=MODELS,
         tasks=("example-colors/vqa", "example-colors/zeroshot"),
         out=tmp_path / "runs",
         cache_dir=tmp_path / "cache",
@@ -27,24 +31,46 @@ def opts(only_example, tmp_path):
 
 def test_plan_pairs_compatible_cells_and_lists_skipped(opts):
     registry, _ = load_plugins()
-    cells, skipped = plan(registry, RunOptions(models=("all",), tasks=("example-colors",)))
-    assert sorted((str(c.ref), c.kind.value) for c in cells) == [
+    cells, skipped = plan(registry, RunOptions(models=MODELS, tasks=("example-colors",)))
+    assert sorted((str(c.ref), c.kind) for c in cells) == [
         ("example-bow", "answerability"),
         ("example-bow", "vqa"),
         ("example-colorname", "captioning"),
+        ("example-colorname", "multiple-choice"),
         ("example-colorname", "zeroshot"),
     ]
-    assert ("example-bow x example-colors/captioning", "model supports vqa, answerability") in skipped
-    assert ("example-colorname x example-colors/vqa", "model supports zeroshot, captioning") in skipped
-    assert len(skipped) == 4
+    assert all(type(c.kind) is str and c.task.name == c.kind for c in cells)
+    assert all(isinstance(s, Skipped) for s in skipped)
+    assert Skipped("example-bow", "example-colors/captioning", "model supports vqa, answerability") in skipped
+    assert (
+        Skipped("example-colorname", "example-colors/vqa", "model supports zeroshot, captioning, multiple-choice")
+        in skipped
+    )
+    assert sorted((s.model, s.task) for s in skipped) == [
+        ("example-bow", "example-colors/captioning"),
+        ("example-bow", "example-colors/multiple-choice"),
+        ("example-bow", "example-colors/zeroshot"),
+        ("example-colorname", "example-colors/answerability"),
+        ("example-colorname", "example-colors/vqa"),
+    ]
+
+
+def test_plan_all_models_plans_every_registered_model(opts):
+    registry, _ = load_plugins()
+    cells, skipped = plan(registry, RunOptions(models=("all",), tasks=("example-colors/vqa",)))
+    planned = {str(c.ref) for c in cells} | {s.model for s in skipped}
+    assert planned == set(registry.models) and set(MODELS) <= planned
 
 
 def test_plan_errors_name_the_unknown_thing(opts):
     registry, _ = load_plugins()
     with pytest.raises(KeyError, match="did you mean 'example-bow'"):
         plan(registry, RunOptions(models=("example-bw",), tasks=("example-colors",)))
-    with pytest.raises(ValueError, match="unknown task kind 'answerable'"):
+    with pytest.raises(KeyError, match="unknown task kind 'answerable'; did you mean 'answerability'"):
         plan(registry, RunOptions(models=("example-bow",), tasks=("example-colors/answerable",)))
+    registry.add("dataset", DatasetSpec("only-vqa", ("vqa",), type(None), lambda c, k, d: None), "test")
+    with pytest.raises(ValueError, match=r"dataset 'only-vqa' has no task kind 'zeroshot'; it has: vqa$"):
+        plan(registry, RunOptions(models=("example-bow",), tasks=("only-vqa/zeroshot",)))
     with pytest.raises(ValueError, match="no weights tag 'openai'"):
         plan(registry, RunOptions(models=("example-bow@openai",), tasks=("example-colors",)))
 
@@ -59,7 +85,18 @@ def test_run_writes_records_predictions_and_ledger(opts):
     path, rec = records["example-bow"]
     assert rec["weights"] == "random init" and rec["params"]["trainable"] == rec["params"]["total"] > 0
     assert [h["epoch"] for h in rec["history"]] == list(range(1, 7))
+    assert rec["schema"] == 2 and rec["trained"] is True and rec["kind"] == "vqa"
     assert rec["final"]["test"]["vqa_accuracy"] > rec["baseline"]["test"]["vqa_accuracy"]  # it learns
+    # The baseline: its label, the prediction it makes and every scalar metric of the kind.
+    base = rec["baseline"]["test"]
+    assert base["label"] == f'Majority answer ("{base["prediction"]["answer"]}")'
+    assert {"vqa_accuracy", "weighted_precision", "weighted_recall", "weighted_f1", "aurc"} <= set(base)
+    assert "prediction_distribution" not in base and "risk_coverage" not in base  # scalars only
+    assert set(rec["baseline"]) == {"val", "test"}
+    assert [st["name"] for st in rec["stages"]] == ["train"] and rec["stages"][0]["best_metric"] == "vqa_accuracy"
+    assert rec["best_epoch"] == rec["stages"][0]["best_epoch"] and rec["resumed_from"] is None
+    assert rec["vocab"]["size"] == 6  # four colours, yes and no
+    assert rec["vocab"]["rule"] == "all training answers" and set(rec["vocab"]["coverage"]) == {"val", "test"}
     assert rec["augmentations"] == {
         "used": ["color_jitter"],
         "disabled": {"hflip": "changes answers on example-colors"},
@@ -72,9 +109,15 @@ def test_run_writes_records_predictions_and_ledger(opts):
     }
     lines = read_jsonl(path.parent / "predictions-test.jsonl")
     assert len(lines) == 24 and {"id", "answer", "answers", "question_type", "confidence"} <= set(lines[0])
-    assert (path.parent / "ckpt" / "best.safetensors").exists()
+    stage = path.parent / "ckpt" / "1-train"
+    assert (stage / "best.safetensors").exists() and (stage / "last" / "checkpoint.json").exists()
+    assert (stage / "done").is_dir()
     zs = records["example-colorname"][1]
-    assert zs["history"] == [] and zs["final"]["test"]["top1"] == 1.0 and "val" not in zs["final"]
+    assert zs["trained"] is False and zs["training"] == "not trained (evaluation only)"
+    assert not {"history", "step_losses", "stages", "best_epoch", "resumed_from"} & set(zs)
+    assert zs["final"]["test"]["top1"] == 1.0 and "val" not in zs["final"]
+    assert zs["baseline"]["test"]["label"].startswith("Most frequent class")
+    assert zs["vocab"] is None and "timing" in zs and "epoch_seconds" not in zs["timing"]
 
 
 def test_rerun_skips_finished_cells_unless_forced_or_config_changes(opts):
@@ -131,19 +174,21 @@ def test_killed_run_resumes_from_its_last_epoch(only_example, tmp_path):
         "--no-progress",
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    trainer = tmp_path / "runs/example-colors/vqa/example-bow/quick-seed0/ckpt/trainer.pt"
+    cell = tmp_path / "runs/example-colors/vqa/example-bow/quick-seed0"
+    last = cell / "ckpt" / "1-train" / "last"  # a checkpoint set, renamed into place when complete
     deadline = time.time() + 120
-    while not trainer.exists() and time.time() < deadline and proc.poll() is None:
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert trainer.exists(), "training never reached its first checkpoint"
-    assert not (trainer.parent.parent / "record.json").exists()
+    assert last.exists(), "training never reached its first checkpoint"
+    assert not (cell / "record.json").exists()
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    rec = json.loads((trainer.parent.parent / "record.json").read_text())
-    assert rec["resumed_from_epoch"] >= 1
+    rec = json.loads((cell / "record.json").read_text())
+    assert rec["resumed_from"]["stage"] == "train" and rec["resumed_from"]["epoch"] >= 1
     assert [h["epoch"] for h in rec["history"]] == list(range(1, 41))
+    assert len(rec["timing"]["epoch_seconds"]) == 40
 
 
 def test_cli_run_list_shows_task_kinds(only_example):
@@ -220,12 +265,18 @@ def test_scoped_overrides_reach_only_their_model(only_example, tmp_path):
     opts = RunOptions(
         models=("example-bow", "example-colorname"),
         tasks=("example-colors",),
-        model_overrides={"example-bow:hidden": "7", "train.batch_size": "5"},
+        model_overrides={"example-bow:hidden": "7", "train.batch_size": "5", "eval.batch_size": "3"},
     )
     cells, _ = plan(registry, opts)
-    configs = {(str(c.ref), c.kind.value): resolve(c, opts)[0] for c in cells}
-    assert configs[("example-bow", "vqa")].hidden == 7 and configs[("example-bow", "vqa")].train.batch_size == 5
-    assert configs[("example-colorname", "zeroshot")].train.batch_size == 5
+    configs = {(str(c.ref), c.kind): resolve(c, opts)[0] for c in cells}
+    bow, names = configs[("example-bow", "vqa")], configs[("example-colorname", "zeroshot")]
+    assert bow.hidden == 7 and bow.train.batch_size == 5
+    # A shared override reaches the models that have its field: the evaluation-only model has no train.
+    assert not hasattr(names, "train") and names.eval.batch_size == 3 and names.eval.splits == ("test",)
+    assert not hasattr(bow, "eval")
+    scoped = RunOptions(**{**opts.__dict__, "model_overrides": {"example-colorname:train.epochs": "2"}})
+    with pytest.raises(ValueError, match=r"model example-colorname \(--set\): unknown field 'train'"):
+        resolve(next(c for c in cells if str(c.ref) == "example-colorname"), scoped)
     with pytest.raises(ValueError, match="no planned model is called 'example-bw'"):
         run(
             registry,

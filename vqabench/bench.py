@@ -48,7 +48,9 @@ FIELDS = [
 ]
 
 
-def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_steps: int | None = None) -> list[dict[str, Any]]:
+def bench(
+    registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_steps: int | None = None
+) -> list[dict[str, Any]]:
     """One row of measurements per planned cell (see FIELDS), prepared exactly as a run prepares it."""
     cells, _ = plan(registry, opts)
     prepared_data: dict[tuple[str, str], tuple[float, int]] = {}
@@ -82,8 +84,15 @@ def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_ste
             warm = 3 if prep.compiled else 1
             train_epoch(model, prep.batches("train", True), opt, None, cfg, device, max_steps=warm)
             plain = train_epoch(
-                model, prep.batches("train", True), opt, None, cfg, device, max_steps=max_steps,
-                progress=opts.progress, desc="uncached",
+                model,
+                prep.batches("train", True),
+                opt,
+                None,
+                cfg,
+                device,
+                max_steps=max_steps,
+                progress=opts.progress,
+                desc="uncached",
             )
             row.update(
                 train_steps=len(plain.losses),
@@ -94,7 +103,9 @@ def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_ste
         stem = model.image_stem()
         if stem is not None:
             t0 = time.perf_counter()
-            features, _ = FeatureStore.build(stem, prep.store, None, data.revision, device, cfg.precision if cfg else "auto")
+            features, _ = FeatureStore.build(
+                stem, prep.store, None, data.revision, device, cfg.precision if cfg else "auto"
+            )
             if device.type == "cuda":
                 torch.cuda.synchronize()
             row["cache_build_s"] = time.perf_counter() - t0
@@ -104,8 +115,15 @@ def bench(registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_ste
             if opt is not None:
                 prep.features = features
                 cached = train_epoch(
-                    model, prep.batches("train", True), opt, None, cfg, device, max_steps=max_steps,
-                    progress=opts.progress, desc="cached",
+                    model,
+                    prep.batches("train", True),
+                    opt,
+                    None,
+                    cfg,
+                    device,
+                    max_steps=max_steps,
+                    progress=opts.progress,
+                    desc="cached",
                 )
                 row.update(
                     cached_epoch_s=cached.seconds,

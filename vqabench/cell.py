@@ -7,9 +7,10 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -26,6 +27,7 @@ from vqabench.results import SCHEMA_VERSION
 from vqabench.tasks import TaskData, get_task
 from vqabench.tasks.base import CollateContext, Task
 from vqabench.vocab import AnswerTargets, coverage
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -80,12 +82,18 @@ def resolve(cell: Cell, opts: RunOptions) -> tuple[Any, Any]:
     has no ``train``); ``--set NAME:KEY=V`` applies to model NAME and must fit its config.
     """
     mcfg = apply_overrides(
-        cell.model.config_cls(), cell.model.profiles.get(opts.profile, {}), where=f"model {cell.ref} profile {opts.profile}"
+        cell.model.config_cls(),
+        cell.model.profiles.get(opts.profile, {}),
+        where=f"model {cell.ref} profile {opts.profile}",
     )
     if cell.ref.tag:
         mcfg = apply_overrides(mcfg, cell.model.tags[cell.ref.tag], where=f"model {cell.ref}")
     fields = {f.name: getattr(mcfg, f.name) for f in dataclasses.fields(mcfg)}
-    mine = {k.partition(":")[2]: v for k, v in opts.model_overrides.items() if ":" in k and k.partition(":")[0] == cell.ref.name}
+    mine = {
+        k.partition(":")[2]: v
+        for k, v in opts.model_overrides.items()
+        if ":" in k and k.partition(":")[0] == cell.ref.name
+    }
     shared = {
         k: v for k, v in opts.model_overrides.items() if ":" not in k and fields.get(k.partition(".")[0]) is not None
     }
@@ -175,7 +183,14 @@ class Prepared:
         precision = self.train.precision if self.train else self.eval.precision
         used = self.used_aug if self.train else []
         self.features, note = cache_for(
-            self.model, self.store, used, self.opts.cache_dir, self.opts.no_cache, self.data.revision, self.device, precision
+            self.model,
+            self.store,
+            used,
+            self.opts.cache_dir,
+            self.opts.no_cache,
+            self.data.revision,
+            self.device,
+            precision,
         )
         questions = sorted({s.question for v in self.splits.values() for s in v if hasattr(s, "question")})
         self.text_features, text_note = text_cache_for(
@@ -216,6 +231,7 @@ def needed_splits(mcfg: Any) -> list[str]:
 
 def prepare(cell: Cell, opts: RunOptions, mcfg: Any, dcfg: Any, data: TaskData) -> Prepared:
     """Sample the splits, build the model, decode the images the cell needs, cache features."""
+    cell.task.check_data(data)  # what the kind needs, before anything is built or decoded
     names = needed_splits(mcfg)
     for name in names:
         data.split(name)  # a missing split fails here, naming the ones the dataset has
@@ -228,8 +244,13 @@ def prepare(cell: Cell, opts: RunOptions, mcfg: Any, dcfg: Any, data: TaskData) 
     task = cell.task
     paths = [task.image_of(s) for v in splits.values() for s in v]
     store = ImageStore.build(
-        paths, model.image_size, opts.cache_dir, data.revision, opts.progress,
-        resize=getattr(model, "resize", "squash"), dataset=data.dataset,
+        paths,
+        model.image_size,
+        opts.cache_dir,
+        data.revision,
+        opts.progress,
+        resize=getattr(model, "resize", "squash"),
+        dataset=data.dataset,
     ).place(device)
     train = train_config(mcfg)
     used, disabled = augmentations(cell, data, train.augment if train else ())
@@ -249,7 +270,9 @@ def baselines(prep: Prepared, lines_by_split: dict[str, list[dict[str, Any]]]) -
     label, prediction = made
     out = {}
     for split, lines in lines_by_split.items():
-        scored = evaluate.score(prep.cell.kind, [{**ln, **prediction} for ln in lines], **prep.task.score_options(prep.data))
+        scored = evaluate.score(
+            prep.cell.kind, [{**ln, **prediction} for ln in lines], **prep.task.score_options(prep.data)
+        )
         out[split] = {"label": label, "prediction": prediction, **{k: v for k, v in scored.items() if _scalar(v)}}
     return out
 

@@ -46,7 +46,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         ]
         for i in infos
     ]
-    print(tabulate(rows, headers=["plugin", "distribution", "version", "status", "task kinds", "datasets", "models", "error"]))
+    print(
+        tabulate(
+            rows, headers=["plugin", "distribution", "version", "status", "task kinds", "datasets", "models", "error"]
+        )
+    )
     return 0
 
 
@@ -152,8 +156,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     from vqabench.bench import bench
-    from vqabench.plugins import load_plugins
     from vqabench.files import atomic_write_text
+    from vqabench.plugins import load_plugins
     from vqabench.runner import RunOptions
 
     opts = RunOptions(

@@ -97,8 +97,16 @@ class TrainConfig:
         """Every stage with its None fields filled from the recipe."""
         if not self.stages:
             return (
-                Stage("train", self.epochs, dict(self.lrs), self.warmup_epochs, self.schedule, self.step_every,
-                      self.step_gamma, self.streams),
+                Stage(
+                    "train",
+                    self.epochs,
+                    dict(self.lrs),
+                    self.warmup_epochs,
+                    self.schedule,
+                    self.step_every,
+                    self.step_gamma,
+                    self.streams,
+                ),
             )
         out = []
         for s in self.stages:

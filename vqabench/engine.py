@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from itertools import cycle, islice
+from itertools import islice
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -279,9 +280,23 @@ def fit(
             # The progress p runs over every stage's steps; stages are taken as long as this one.
             total_steps = sum(s.epochs or 0 for s in stages) * len(next(iter(streams.values())))
         stage_result = _fit_stage(
-            model, cfg, stage, index, streams, validate, best_metric, device, (last, best_path, done),
-            augment=augment, gen=gen, explicit=explicit, trained=trained, epoch_base=epoch_base,
-            total_steps=total_steps, progress=progress, result=result,
+            model,
+            cfg,
+            stage,
+            index,
+            streams,
+            validate,
+            best_metric,
+            device,
+            (last, best_path, done),
+            augment=augment,
+            gen=gen,
+            explicit=explicit,
+            trained=trained,
+            epoch_base=epoch_base,
+            total_steps=total_steps,
+            progress=progress,
+            result=result,
         )
         result.best_epoch = stage_result["best_epoch"]
         _unfreeze(frozen)
@@ -352,11 +367,24 @@ def _fit_stage(
         number = epoch_base + epoch + 1
         label = f"{stage.name} " if explicit else ""
         stats = train_epoch(
-            model, streams, opt, sched, cfg, device, augment, gen,
-            desc=f"{label}epoch {epoch + 1}/{epochs}", progress=progress,
-            step_offset=step_offset + epoch * len(first), total_steps=total_steps,
+            model,
+            streams,
+            opt,
+            sched,
+            cfg,
+            device,
+            augment,
+            gen,
+            desc=f"{label}epoch {epoch + 1}/{epochs}",
+            progress=progress,
+            step_offset=step_offset + epoch * len(first),
+            total_steps=total_steps,
         )
-        for k, v in (("train_seconds", stats.seconds), ("train_images", stats.images), ("train_samples", stats.samples)):
+        for k, v in (
+            ("train_seconds", stats.seconds),
+            ("train_images", stats.images),
+            ("train_samples", stats.samples),
+        ):
             stats_total[k] += v
         state["step_losses"].extend(stats.losses)
         entry: dict[str, Any] = {
@@ -372,7 +400,12 @@ def _fit_stage(
             entry["val"] = metrics
             value = metrics.get(best_metric.name)
             if value is None or not isinstance(value, (int, float)):
-                raise KeyError(f"best_metric {best_metric.name!r} is not among the validation metrics: {', '.join(metrics)}")
+                given = ", ".join(k for k, v in metrics.items() if v is not None)
+                raise ValueError(
+                    f"best_metric {best_metric.name!r} is undefined on this validation split (e.g. AP with one "
+                    f"class only) or not produced; it gave: {given}. Choose another with "
+                    f"--set train.best_metric=NAME, or validate on more samples"
+                )
             if _better(value, state["best_value"], best_metric):
                 state.update(best_value=value, best_epoch=number, best_val=metrics)
                 with atomic_path(best_path) as tmp:
@@ -387,8 +420,12 @@ def _fit_stage(
         state["history"].append(entry)
         state["epoch"] = epoch + 1
         save_checkpoint(
-            last, weights=trained_state(model, trained), optimizer=opt, scheduler=sched,
-            generators={"augment": gen}, meta={"state": state, "stats": stats_total, "trained": sorted(trained)},
+            last,
+            weights=trained_state(model, trained),
+            optimizer=opt,
+            scheduler=sched,
+            generators={"augment": gen},
+            meta={"state": state, "stats": stats_total, "trained": sorted(trained)},
         )
 
     if best_path.exists():
@@ -406,9 +443,19 @@ def _fit_stage(
     # The stage's end as one unit: its final weights, the RNG state and its results, so a run
     # resumed in a later stage starts that stage exactly where an uninterrupted run did.
     save_checkpoint(
-        done, weights=trained_state(model, trained), optimizer=None, scheduler=None, generators={"augment": gen},
-        meta={"stage": summary, "history": state["history"], "step_losses": state["step_losses"],
-              "trained": sorted(trained), "total_steps": total_steps, **stats_total},
+        done,
+        weights=trained_state(model, trained),
+        optimizer=None,
+        scheduler=None,
+        generators={"augment": gen},
+        meta={
+            "stage": summary,
+            "history": state["history"],
+            "step_losses": state["step_losses"],
+            "trained": sorted(trained),
+            "total_steps": total_steps,
+            **stats_total,
+        },
     )
     result.stages.append(summary)
     result.history.extend(state["history"])

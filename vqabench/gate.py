@@ -51,7 +51,8 @@ class Threshold:
     @property
     def label(self) -> str:
         rel = " vs baseline" if self.relative_to else ""
-        return f"{self.dataset}/{self.kind} {self.model}{' [' + self.profile + ']' if self.profile else ''} {self.metric}{rel}"
+        profile = f" [{self.profile}]" if self.profile else ""
+        return f"{self.dataset}/{self.kind} {self.model}{profile} {self.metric}{rel}"
 
 
 def load_thresholds(path: Path) -> list[Threshold]:

@@ -1,7 +1,9 @@
 """Every hook a vqabench plugin can implement, one per extension kind.
 
 Hooks receive a ``register`` callback instead of returning lists, so that the core can validate
-each registration (duplicate names, unknown task kinds); task kinds are collected from every plugin before datasets and models and name the plugin in every error.
+each registration (duplicate names, unknown task kinds) and name the plugin in every error. Task
+kinds are collected from every plugin before any dataset or model, so a dataset may use a kind
+another plugin adds.
 """
 
 import pluggy

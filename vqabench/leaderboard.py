@@ -17,6 +17,7 @@ import pandas as pd
 from vqabench.files import atomic_write_text
 from vqabench.tasks import get_task
 
+
 def fmt_params(n: int) -> str:
     if n == 0:
         return "0"
@@ -109,9 +110,11 @@ def table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         for key, title in present:
             row[title] = _mean([r["final"].get("test", {}).get(key) for r in rs])
         for q in qtypes:
-            row[f"Acc {q[len(prefix):]}"] = _mean([r["final"].get("test", {}).get(q) for r in rs])
+            row[f"Acc {q[len(prefix) :]}"] = _mean([r["final"].get("test", {}).get(q) for r in rs])
         for split in extra:
-            row[f"{dict(columns).get(primary, primary)} ({split})"] = _mean([r["final"].get(split, {}).get(primary) for r in rs])
+            row[f"{dict(columns).get(primary, primary)} ({split})"] = _mean(
+                [r["final"].get(split, {}).get(primary) for r in rs]
+            )
         row["Time"] = fmt_seconds(statistics.mean(r["timing"]["total_seconds"] for r in rs))
         worst = float("-inf") if higher else float("inf")
         row["_sort"] = statistics.mean([r["final"].get("test", {}).get(primary, worst) for r in rs])

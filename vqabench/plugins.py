@@ -16,7 +16,7 @@ import pluggy
 
 from vqabench import hookspecs
 from vqabench.registry import PluginInfo, Registry
-from vqabench.tasks import builtin_tasks, set_plugin_tasks
+from vqabench.tasks import add_plugin_tasks, builtin_tasks
 
 GROUP = "vqabench"
 ENV_ALLOW = "VQABENCH_PLUGINS"
@@ -100,7 +100,7 @@ def load_plugins(extra: dict[str, object] | None = None) -> tuple[Registry, list
             warnings.warn(
                 f"vqabench plugin {info.name!r} ({info.distribution}) failed: {info.error}", PluginWarning, stacklevel=2
             )
-    set_plugin_tasks({n: t for n, t in registry.tasks.items() if n not in builtin_tasks()})
+    add_plugin_tasks({n: t for n, t in registry.tasks.items() if n not in builtin_tasks()})
     return registry, infos
 
 

@@ -112,7 +112,9 @@ class Registry:
     def add_task(self, task: Task, plugin: str) -> None:
         """Add a plugin's task kind; raise ValueError naming the plugin on a bad or taken name."""
         if not isinstance(task, Task):
-            raise ValueError(f"plugin {plugin!r} registered a {type(task).__name__}, expected a vqabench.tasks.base.Task")
+            raise ValueError(
+                f"plugin {plugin!r} registered a {type(task).__name__}, expected a vqabench.tasks.base.Task"
+            )
         if not task.name or any(c.isspace() or c in "/,@" for c in task.name):
             raise ValueError(f"plugin {plugin!r}: invalid task kind name {task.name!r} (no '/', ',', '@' or spaces)")
         if task.name in self.tasks:

@@ -27,11 +27,15 @@ def rescore(runs: Path, spice: bool = False) -> Iterator[tuple[Path, bool]]:
             final[split] = evaluate.score(task.name, lines, **opts)
             # Metrics that need the run (CLIPScore: its images and CLIP model) are kept as recorded.
             prefixes = task.run_score_prefixes
-            final[split].update({k: v for k, v in record["final"][split].items() if prefixes and k.startswith(prefixes)})
+            final[split].update(
+                {k: v for k, v in record["final"][split].items() if prefixes and k.startswith(prefixes)}
+            )
             base = record.get("baseline", {}).get(split)
             if base and "prediction" in base:
                 scored = evaluate.score(task.name, [{**ln, **base["prediction"]} for ln in lines], **opts)
-                base.update({k: v for k, v in scored.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+                base.update(
+                    {k: v for k, v in scored.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                )
         changed = dumps_json(final) != dumps_json(record["final"])
         record["final"] = final
         atomic_write_json(path, record)

@@ -51,7 +51,9 @@ def plan(registry: Registry, opts: RunOptions) -> tuple[list[Cell], list[Skipped
     for ref in refs:
         spec = registry.model(ref.name)
         if ref.tag and ref.tag not in spec.tags:
-            raise ValueError(f"model {ref.name!r} has no weights tag {ref.tag!r}; it has: {', '.join(spec.tags) or 'none'}")
+            raise ValueError(
+                f"model {ref.name!r} has no weights tag {ref.tag!r}; it has: {', '.join(spec.tags) or 'none'}"
+            )
         for ds, only in tasks:
             for kind in [only] if only else list(ds.task_kinds):
                 task = f"{ds.name}/{kind}"
@@ -104,11 +106,22 @@ def run_cell(
     mcfg, dcfg = resolve(cell, opts)
     check_recipe(cell, mcfg)
     chash = config_hash(
-        {"model": str(cell.ref), "kind": cell.kind, "mcfg": mcfg, "dcfg": dcfg, "profile": opts.profile,
-         "seed": opts.seed, "limit": opts.limit}
+        {
+            "model": str(cell.ref),
+            "kind": cell.kind,
+            "mcfg": mcfg,
+            "dcfg": dcfg,
+            "profile": opts.profile,
+            "seed": opts.seed,
+            "limit": opts.limit,
+        }
     )
     where = cell_dir(opts.out, cell.dataset.name, cell.kind, str(cell.ref), opts.profile, opts.seed)
-    if (where / "record.json").exists() and not opts.force and read_record(where / "record.json")["config_hash"] == chash:
+    if (
+        (where / "record.json").exists()
+        and not opts.force
+        and read_record(where / "record.json")["config_hash"] == chash
+    ):
         return "done", {"record": str(where / "record.json"), "reason": "already done (same config hash)"}
     if ledger is not None:
         ledger.set(cell.key(opts), "running")
@@ -144,7 +157,9 @@ def run_cell(
     final, rates, lines_by_split = {}, {}, {}
     for split in prep.eval.splits:
         t1 = time.perf_counter()
-        lines = evaluate.predict(prep.model, prep.batches(split), prep.splits[split], cell.kind, prep.device, prep.eval.precision)
+        lines = evaluate.predict(
+            prep.model, prep.batches(split), prep.splits[split], cell.kind, prep.device, prep.eval.precision
+        )
         rates[split] = len(lines) / max(1e-9, time.perf_counter() - t1)
         write_jsonl(where / f"predictions-{split}.jsonl", lines)
         final[split] = evaluate.score(cell.kind, lines, **cell.task.score_options(prep.data))
@@ -172,7 +187,9 @@ def _validate(prep: Prepared) -> dict[str, Any]:
     """Scalar validation metrics (on a seeded sample when ``val_limit``), and the loss if selected."""
     samples = limit_samples(prep.splits["val"], prep.train.val_limit, prep.opts.seed)
     precision = prep.train.precision
-    lines = evaluate.predict(prep.model, prep.batches("val", samples=samples), samples, prep.cell.kind, prep.device, precision)
+    lines = evaluate.predict(
+        prep.model, prep.batches("val", samples=samples), samples, prep.cell.kind, prep.device, precision
+    )
     scored = evaluate.score(prep.cell.kind, lines, **prep.task.score_options(prep.data))
     out = {k: v for k, v in scored.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if prep.train.best_metric == "val_loss":

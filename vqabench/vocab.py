@@ -19,11 +19,15 @@ Rules, documented once here and named in records:
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from vqabench.metrics import vqa_score
 
-def answer_vocabulary(samples: Sequence[Any], rule: str = "all", top_k: int | None = None, min_count: int = 1) -> list[str]:
+
+def answer_vocabulary(
+    samples: Sequence[Any], rule: str = "all", top_k: int | None = None, min_count: int = 1
+) -> list[str]:
     """The answer vocabulary of the training ``samples`` by ``rule`` ("all" or "top")."""
     counts = Counter(a for s in samples for a in s.answers)
     ordered = sorted(counts, key=lambda a: (-counts[a], a))

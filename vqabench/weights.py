@@ -234,7 +234,8 @@ def load_open_clip(
 
         tags = open_clip.list_pretrained_tags_by_model(arch)
         raise WeightsUnavailable(
-            f"open_clip {arch}: checkpoint {checkpoint!r} is neither a pretrained tag nor a file{did_you_mean(checkpoint, tags)}"
+            f"open_clip {arch}: checkpoint {checkpoint!r} is neither a pretrained tag nor a file"
+            f"{did_you_mean(checkpoint, tags)}"
         )
     if file is None:
         # Random init is asked for here; open_clip would log that no weights were loaded as a warning.

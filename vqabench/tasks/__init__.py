@@ -37,7 +37,7 @@ def kind_name(kind: Any) -> str:
 
 
 _BUILTIN: dict[str, Task] = {}
-# Kinds registered by plugins (``register_tasks``); set by vqabench.plugins.load_plugins.
+# Kinds registered by plugins (``register_tasks``); added by vqabench.plugins.load_plugins.
 _PLUGIN: dict[str, Task] = {}
 
 
@@ -58,8 +58,17 @@ def all_tasks() -> dict[str, Task]:
     return {**builtin_tasks(), **_PLUGIN}
 
 
+def add_plugin_tasks(tasks: dict[str, Task]) -> None:
+    """Make plugin-registered kinds resolvable (called by ``load_plugins``).
+
+    Kinds stay known for the life of the process, so a later ``load_plugins`` with fewer plugins
+    does not strand records or objects of a kind loaded before.
+    """
+    _PLUGIN.update(tasks)
+
+
 def set_plugin_tasks(tasks: dict[str, Task]) -> None:
-    """Replace the plugin-registered kinds (called by ``load_plugins``)."""
+    """Replace the plugin-registered kinds (for tests)."""
     _PLUGIN.clear()
     _PLUGIN.update(tasks)
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from collections.abc import Sequence
+from typing import Any
 
 from vqabench import metrics
 from vqabench.tasks.base import CollateContext, Task
-from vqabench.tasks.qa import QABatch, QASample, collate_qa, majority_answer, qa_reference_fields
+from vqabench.tasks.qa import (
+    QABatch,
+    QASample,
+    check_vocab,
+    collate_qa,
+    majority_answer,
+    qa_fixture,
+    qa_reference_fields,
+)
 
 
 class AnswerabilityTask(Task):
@@ -25,6 +35,13 @@ class AnswerabilityTask(Task):
     )
     group_by_image = True
 
+    def check_data(self, data: Any) -> None:
+        super().check_data(data)
+        check_vocab(data)
+
+    def fixture(self, images: list[str]) -> dict[str, Any]:
+        return qa_fixture(images)
+
     def collate(self, samples: list[QASample], ctx: CollateContext) -> QABatch:
         return collate_qa(samples, ctx)
 
@@ -35,11 +52,12 @@ class AnswerabilityTask(Task):
         return {"vqa_mode": data.vqa_mode}
 
     def score(self, lines: Sequence[dict[str, Any]], vqa_mode: str = "vizwiz", **_: Any) -> dict[str, Any]:
-        out: dict[str, Any] = dict(
-            metrics.answerability_metrics(
-                [bool(r["answerable"]) for r in lines], [float(r["answerable_score"]) for r in lines]
-            )
+        scored = metrics.answerability_metrics(
+            [bool(r["answerable"]) for r in lines], [float(r["answerable_score"]) for r in lines]
         )
+        # AP and AUROC are NaN (undefined) on a split with one class only; records are strict JSON,
+        # so an undefined metric is recorded as null (a table's "–", a gate's NO METRIC).
+        out: dict[str, Any] = {k: None if math.isnan(v) else v for k, v in scored.items()}
         if lines and all("answer" in r for r in lines):
             qa = metrics.vqa_accuracy([r["answer"] for r in lines], [r["answers"] for r in lines], mode=vqa_mode)
             out["vqa_accuracy"] = qa["vqa_accuracy"]

@@ -8,8 +8,9 @@ predictions are scored, its primary metric, its baseline and its leaderboard col
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -103,7 +104,8 @@ class Task:
     # Fields every prediction dict of a model must carry (checked on the first batch).
     prediction_fields: tuple[str, ...] = ()
     primary_metric: str = ""
-    # Scalar metrics ``score`` always returns (a best metric must be one of them, or val_loss).
+    # Scalar metrics ``score`` returns for any data (a best metric must be one of them, or val_loss);
+    # a value may still be null where the split makes it undefined (AP on a single class).
     metric_names: tuple[str, ...] = ()
     # Metrics a kind defines beyond vqabench.metrics.base.METRICS (name -> Metric).
     extra_metrics: dict[str, Metric] = {}
@@ -136,14 +138,32 @@ class Task:
         name = name or self.primary_metric
         if name != "val_loss" and name not in self.metric_names:
             raise ValueError(
-                f"train.best_metric {name!r} is not produced by task kind {self.name!r}; "
-                f"it produces: {self.produces()}"
+                f"train.best_metric {name!r} is not produced by task kind {self.name!r}; it produces: {self.produces()}"
             )
         return self.metric(name)
 
     def image_of(self, sample: Any) -> str:
         """The image path of a sample."""
         return sample.image
+
+    def check_data(self, data: Any) -> None:
+        """Raise ValueError, naming the dataset, when ``data`` lacks what this kind needs."""
+        for split, samples in data.splits.items():
+            wrong = next((s for s in samples if not isinstance(s, self.sample_type)), None)
+            if wrong is not None:
+                raise ValueError(
+                    f"dataset {data.dataset!r} ({self.name}): split {split!r} holds a {type(wrong).__name__}; "
+                    f"a {self.name} dataset gives {self.sample_type.__name__} samples"
+                )
+            ids = [s.id for s in samples]
+            if len(set(ids)) != len(ids):
+                dup = next(i for i in ids if ids.count(i) > 1)
+                raise ValueError(f"dataset {data.dataset!r} ({self.name}): split {split!r} repeats sample id {dup!r}")
+
+    def fixture(self, images: list[str]) -> dict[str, Any]:
+        """Four samples on the given images, as ``TaskData`` keyword arguments (``splits`` and the
+        kind's metadata): the fixture every model of this kind must handle in the contract tests."""
+        raise NotImplementedError(f"task kind {self.name!r} gives no contract-test fixture")
 
     def collate(self, samples: list[Any], ctx: CollateContext) -> Batch:
         raise NotImplementedError
@@ -160,7 +180,9 @@ class Task:
         """The kind's metrics from stored prediction lines."""
         raise NotImplementedError
 
-    def run_scores(self, samples: Sequence[Any], lines: Sequence[dict[str, Any]], opts: Any, device: Any) -> dict[str, Any]:
+    def run_scores(
+        self, samples: Sequence[Any], lines: Sequence[dict[str, Any]], opts: Any, device: Any
+    ) -> dict[str, Any]:
         """Metrics that need the run itself (its images, a scoring model), added to ``score``'s.
 
         ``vqabench score`` keeps them as recorded: stored predictions alone cannot recompute them.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -47,6 +48,10 @@ class CaptioningTask(Task):
         ("refclipscore", "RefCLIP-S"),
     )
 
+    def fixture(self, images: list[str]) -> dict[str, Any]:
+        samples = [CaptionSample(f"c{i}", images[i % len(images)], ("a red square", "a square")) for i in range(4)]
+        return {"splits": {"train": samples, "val": samples, "test": samples}}
+
     def collate(self, samples: list[CaptionSample], ctx: CollateContext) -> CaptionBatch:
         images, feats = ctx.images([s.image for s in samples])
         return CaptionBatch(
@@ -63,7 +68,9 @@ class CaptioningTask(Task):
 
     run_score_prefixes = ("clipscore", "refclipscore")
 
-    def run_scores(self, samples: Sequence[Any], lines: Sequence[dict[str, Any]], opts: Any, device: Any) -> dict[str, Any]:
+    def run_scores(
+        self, samples: Sequence[Any], lines: Sequence[dict[str, Any]], opts: Any, device: Any
+    ) -> dict[str, Any]:
         # CLIPScore / RefCLIPScore with the CLIP that ``--clipscore ARCH@WEIGHTS`` names.
         if not getattr(opts, "clipscore", None):
             return {}

@@ -7,8 +7,9 @@ label or soft scores; the consensus answer drives the majority baseline and weig
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -111,3 +112,27 @@ def majority_answer(samples: Sequence[QASample]) -> str:
     for s in samples:
         counts[s.consensus] = counts.get(s.consensus, 0) + 1
     return min(counts, key=lambda a: (-counts[a], a))
+
+
+def check_vocab(data: Any) -> None:
+    """A question-answering dataset gives a non-empty answer vocabulary without repeats."""
+    vocab = data.answer_vocab or []
+    if not vocab:
+        raise ValueError(f"dataset {data.dataset!r} ({data.kind}) gives no answer vocabulary (TaskData.answer_vocab)")
+    if len(set(vocab)) != len(vocab):
+        dup = next(a for a in vocab if vocab.count(a) > 1)
+        raise ValueError(f"dataset {data.dataset!r} ({data.kind}): answer {dup!r} appears twice in answer_vocab")
+
+
+def qa_fixture(images: list[str]) -> dict[str, Any]:
+    """Four questions on two images (one unanswerable), ten answers on one of them."""
+    rows = [
+        ("what color is it?", ("red",) * 8 + ("blue",) * 2, "color", True),
+        ("what color is it?", ("blue",), "color", True),
+        ("is it red?", ("yes",), "yes/no", True),
+        ("is it red?", ("no",), "yes/no", False),
+    ]
+    samples = [
+        QASample(f"q{i}", images[i % len(images)], q, a, t, answerable=ok) for i, (q, a, t, ok) in enumerate(rows)
+    ]
+    return {"splits": {"train": samples, "val": samples, "test": samples}, "answer_vocab": ["red", "blue", "yes", "no"]}

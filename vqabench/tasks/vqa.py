@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from vqabench import metrics
 from vqabench.tasks.base import CollateContext, Task
-from vqabench.tasks.qa import QABatch, QASample, collate_qa, majority_answer, qa_reference_fields
+from vqabench.tasks.qa import (
+    QABatch,
+    QASample,
+    check_vocab,
+    collate_qa,
+    majority_answer,
+    qa_fixture,
+    qa_reference_fields,
+)
 
 
 class VQATask(Task):
@@ -19,6 +28,13 @@ class VQATask(Task):
     columns = (("vqa_accuracy", "Test Acc"),)
     type_prefix = "acc/"
     group_by_image = True
+
+    def check_data(self, data: Any) -> None:
+        super().check_data(data)
+        check_vocab(data)
+
+    def fixture(self, images: list[str]) -> dict[str, Any]:
+        return qa_fixture(images)
 
     def collate(self, samples: list[QASample], ctx: CollateContext) -> QABatch:
         return collate_qa(samples, ctx)
@@ -53,7 +69,8 @@ class VQATask(Task):
 
     def baseline(self, train: Sequence[QASample], data: Any) -> tuple[str, dict[str, Any]]:
         answer = majority_answer(train)
-        return f'Majority answer ("{answer}")', {"answer": answer}
+        # A constant confidence, so the baseline's risk-coverage (aurc) never uses the model's own.
+        return f'Majority answer ("{answer}")', {"answer": answer, "confidence": 1.0}
 
 
 TASK = VQATask()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +37,26 @@ class ZeroShotTask(Task):
     sample_type = ImageSample
     prediction_fields = ("logits",)
     primary_metric = "top1"
-    metric_names = ("top1", "top5", "mean_per_class_recall")
+    metric_names = ("top1", "mean_per_class_recall")  # top5 too, with at least five classes
     columns = (("top1", "Top-1"), ("top5", "Top-5"), ("mean_per_class_recall", "Mean per-class"))
+
+    def check_data(self, data: Any) -> None:
+        super().check_data(data)
+        names = data.class_names or []
+        if not names or not data.templates:
+            raise ValueError(f"dataset {data.dataset!r} (zeroshot) gives no class_names or no prompt templates")
+        for split, samples in data.splits.items():
+            bad = next((s for s in samples if not 0 <= s.label < len(names)), None)
+            if bad is not None:
+                raise ValueError(
+                    f"dataset {data.dataset!r} (zeroshot): sample {bad.id!r} of split {split!r} has label {bad.label}, "
+                    f"outside the {len(names)} class names"
+                )
+
+    def fixture(self, images: list[str]) -> dict[str, Any]:
+        samples = [ImageSample(f"z{i}", images[i % len(images)], i % 2) for i in range(4)]
+        splits = {"train": samples, "val": samples, "test": samples}
+        return {"splits": splits, "class_names": ["red", "blue"], "templates": ["a {} image"]}
 
     def collate(self, samples: list[ImageSample], ctx: CollateContext) -> ImageBatch:
         images, feats = ctx.images([s.image for s in samples])

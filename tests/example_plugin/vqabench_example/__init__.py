@@ -254,7 +254,9 @@ class ColorName(TaskModel):
         logits = self._logits(batch.images)
         if hasattr(batch, "candidates"):  # multiple choice: the candidate naming the closest colour
             names = [self.class_names[i] for i in logits.argmax(1).tolist()]
-            return [{"choice": next((j for j, c in enumerate(cs) if n in c), 0)} for n, cs in zip(names, batch.candidates)]
+            return [
+                {"choice": next((j for j, c in enumerate(cs) if n in c), 0)} for n, cs in zip(names, batch.candidates)
+            ]
         if hasattr(batch, "captions"):
             return [{"caption": f"a {self.class_names[i]} square"} for i in logits.argmax(1).tolist()]
         return [{"logits": row} for row in logits.tolist()]

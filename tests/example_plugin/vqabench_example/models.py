@@ -77,7 +77,10 @@ class StagedBow(BagOfWords):
         self.proj = nn.Linear(pooled, cfg.proj).requires_grad_(False)
         self.adapter: LowRank | None = None
         self.mlp = nn.Sequential(
-            nn.Linear(cfg.proj + cfg.buckets, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, len(vocab))
+            nn.Linear(cfg.proj + cfg.buckets, cfg.hidden),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, len(vocab)),
         )
         self.weights = "random frozen projection; head, then low-rank adapter + head"
 
@@ -125,8 +128,12 @@ class DannConfig:
     domain_weight: float = 1.0
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            epochs=6, batch_size=16, warmup_epochs=1, lrs={"head": 0.05, "domain": 0.05},
-            streams=("train", "target_train"), report_epochs=(),
+            epochs=6,
+            batch_size=16,
+            warmup_epochs=1,
+            lrs={"head": 0.05, "domain": 0.05},
+            streams=("train", "target_train"),
+            report_epochs=(),
         )
     )
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(splits=("val", "test", "target_test")))

@@ -7,8 +7,9 @@ the index of its choice; the kind scores the fraction chosen right. Everything t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -42,6 +43,11 @@ class MultipleChoiceTask(Task):
     metric_names = ("mc_accuracy",)
     extra_metrics = {"mc_accuracy": Metric("mc_accuracy", description="fraction of samples whose choice is right")}
     columns = (("mc_accuracy", "Accuracy"),)
+
+    def fixture(self, images: list[str]) -> dict[str, Any]:
+        candidates = ("a red square", "a blue square")
+        samples = [ChoiceSample(f"m{i}", images[i % len(images)], candidates, i % 2) for i in range(4)]
+        return {"splits": {"train": samples, "val": samples, "test": samples}}
 
     def collate(self, samples: list[ChoiceSample], ctx: CollateContext) -> ChoiceBatch:
         images, feats = ctx.images([s.image for s in samples])

@@ -153,7 +153,7 @@ def _rgb(path) -> np.ndarray:
 
 def test_pixels_agree_with_the_scene(tiny_root, tiny_tables):
     _, scenes, _ = tiny_tables
-    for (split, _), s in scenes.items():
+    for (_split, _), s in scenes.items():
         pixels = _rgb(tiny_root / s["image_filename"])
         assert pixels.shape == (64, 64, 3)
         for o in s["objects"]:

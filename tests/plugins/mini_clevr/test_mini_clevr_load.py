@@ -15,7 +15,7 @@ from vqabench_plugins.mini_clevr.zeroshot import CLASS_NAMES
 
 from vqabench.config import apply_overrides
 from vqabench.plugins import load_plugins
-from vqabench.tasks import TaskKind
+from vqabench.tasks import TaskKind, get_task
 from vqabench.tasks.captioning import CaptionSample
 from vqabench.tasks.qa import QASample
 from vqabench.tasks.zeroshot import ImageSample
@@ -46,7 +46,10 @@ def loaded(tiny_config, cache_dir):
 @pytest.mark.parametrize("kind", list(TaskKind), ids=lambda k: k.value)
 def test_every_kind_has_nonempty_valid_splits(loaded, kind, cache_dir):
     task = loaded(kind)
-    assert task.kind is kind
+    assert task.kind == kind and type(task.kind) is str  # kinds are plain strings
+    get_task(task.kind).check_data(task)
+    if kind in (TaskKind.VQA, TaskKind.ANSWERABILITY):
+        assert task.vocab_rule.startswith("every answer the generator can produce")
     assert task.dataset == "mini-clevr"
     assert task.root.parent == cache_dir and task.revision == verify(task.root)["revision"]
     assert task.unsafe_augmentations == frozenset({"hflip", "hue", "crop", "erase"})
