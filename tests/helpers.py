@@ -30,6 +30,12 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     )
 
 
+def run_in(tmp_path: Path, models: str, tasks: str, *extra: str, out: str = "runs") -> subprocess.CompletedProcess[str]:
+    """``vqabench run`` of ``models`` on ``tasks`` with its runs and cache under ``tmp_path``."""
+    where = ["--out", str(tmp_path / out), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    return run_cli("run", "--models", models, "--tasks", tasks, *where, *extra)
+
+
 NARROW_RESNET = {"channels": (8, 16, 32, 64), "stem_width": 8}
 TINY_CLIP = {
     "embed_dim": 32,

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import run_cli, run_in
 
 from vqabench.results import cell_dir
 
@@ -25,17 +25,9 @@ def _record(out: Path, model: str, kind: str = "vqa") -> dict:
 
 
 def _run(tmp_path: Path, out: str, *args: str) -> subprocess.CompletedProcess:
-    proc = run_cli(
-        "run",
-        "--tasks",
-        "example-colors/vqa",
-        "--out",
-        str(tmp_path / out),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--no-progress",
-        *args,
-    )
+    models = args[args.index("--models") + 1]
+    rest = [a for i, a in enumerate(args) if i not in (args.index("--models"), args.index("--models") + 1)]
+    proc = run_in(tmp_path, models, "example-colors/vqa", *rest, out=out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -148,20 +140,7 @@ def test_the_engine_cycles_the_shorter_stream_and_progress_runs_from_0_to_1(tmp_
 
 
 def test_an_evaluation_only_model_is_not_trained_and_decodes_only_its_splits(tmp_path, only_example):
-    proc = run_cli(
-        "run",
-        "--models",
-        "example-colorname",
-        "--tasks",
-        "example-colors/zeroshot",
-        "--out",
-        str(tmp_path / "runs"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--no-progress",
-        "--epochs",
-        "3",
-    )
+    proc = run_in(tmp_path, "example-colorname", "example-colors/zeroshot", "--epochs", "3")
     assert proc.returncode == 0, proc.stderr
     rec = _record(tmp_path / "runs", "example-colorname", "zeroshot")
     assert rec["trained"] is False and rec["training"].startswith("not trained")
@@ -207,19 +186,8 @@ def test_soft_targets_from_ten_answers(tmp_path, plugin_site):
 
 
 def test_a_plugin_registered_task_kind_runs_scores_and_gets_a_table(tmp_path, only_example):
-    proc = run_cli(
-        "run",
-        "--models",
-        "example-colorname",
-        "--tasks",
-        "example-colors/multiple-choice",
-        "--out",
-        str(tmp_path / "runs"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--no-progress",
-        "--leaderboards",
-        str(tmp_path / "lb"),
+    proc = run_in(
+        tmp_path, "example-colorname", "example-colors/multiple-choice", "--leaderboards", str(tmp_path / "lb")
     )
     assert proc.returncode == 0, proc.stderr
     rec = _record(tmp_path / "runs", "example-colorname", "multiple-choice")
@@ -233,19 +201,7 @@ def test_a_plugin_registered_task_kind_runs_scores_and_gets_a_table(tmp_path, on
 
 
 def test_a_best_metric_the_task_does_not_produce_fails_before_training(tmp_path, only_example):
-    proc = run_cli(
-        "run",
-        "--models",
-        "example-bow",
-        "--tasks",
-        "example-colors/vqa",
-        "--out",
-        str(tmp_path / "runs"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--set",
-        "train.best_metric=top1",
-    )
+    proc = run_in(tmp_path, "example-bow", "example-colors/vqa", "--set", "train.best_metric=top1")
     assert proc.returncode == 2
     assert "'top1' is not produced by task kind 'vqa'" in proc.stderr and "vqa_accuracy" in proc.stderr
     assert not (tmp_path / "runs" / "example-colors").exists()
@@ -274,19 +230,7 @@ def test_validation_loss_selects_the_lowest_and_val_every_skips_epochs(tmp_path,
 
 
 def test_staged_epochs_need_a_stage_name(tmp_path, only_example):
-    proc = run_cli(
-        "run",
-        "--models",
-        "example-staged",
-        "--tasks",
-        "example-colors/vqa",
-        "--epochs",
-        "2",
-        "--out",
-        str(tmp_path / "runs"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    )
+    proc = run_in(tmp_path, "example-staged", "example-colors/vqa", "--epochs", "2")
     assert proc.returncode == 2 and "train.stages.head.epochs=N" in proc.stderr
     _run(tmp_path, "runs", "--models", "example-staged", "--set", "example-staged:train.stages.adapt.epochs=1")
     assert [h["stage"] for h in _record(tmp_path / "runs", "example-staged")["history"]] == ["head"] * 3 + ["adapt"]

@@ -7,22 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from vqabench import metrics
-from vqabench.tasks.base import CollateContext, Task
-from vqabench.tasks.qa import (
-    QABatch,
-    QASample,
-    check_vocab,
-    collate_qa,
-    majority_answer,
-    qa_fixture,
-    qa_reference_fields,
-)
+from vqabench.tasks.qa import QASample, QATask, majority_answer
 
 
-class AnswerabilityTask(Task):
+class AnswerabilityTask(QATask):
     name = "answerability"
     description = "answerability: score that a question can be answered; unanswerable is the positive class"
-    sample_type = QASample
     prediction_fields = ("answerable_score",)
     primary_metric = "ap_unanswerable"
     metric_names = ("ap_unanswerable", "f1_unanswerable", "auroc", "accuracy")
@@ -33,23 +23,6 @@ class AnswerabilityTask(Task):
         ("accuracy", "Acc @0.5"),
         ("vqa_accuracy", "VQA Acc"),
     )
-    group_by_image = True
-
-    def check_data(self, data: Any) -> None:
-        super().check_data(data)
-        check_vocab(data)
-
-    def fixture(self, images: list[str]) -> dict[str, Any]:
-        return qa_fixture(images)
-
-    def collate(self, samples: list[QASample], ctx: CollateContext) -> QABatch:
-        return collate_qa(samples, ctx)
-
-    def reference_fields(self, sample: QASample) -> dict[str, Any]:
-        return qa_reference_fields(sample)
-
-    def score_options(self, data: Any) -> dict[str, Any]:
-        return {"vqa_mode": data.vqa_mode}
 
     def score(self, lines: Sequence[dict[str, Any]], vqa_mode: str = "vizwiz", **_: Any) -> dict[str, Any]:
         scored = metrics.answerability_metrics(

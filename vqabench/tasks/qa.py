@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vqabench.tasks.base import Batch, CollateContext, most_common
+from vqabench.tasks.base import Batch, CollateContext, Task, most_common
 
 
 @dataclass(frozen=True)
@@ -136,3 +136,26 @@ def qa_fixture(images: list[str]) -> dict[str, Any]:
         QASample(f"q{i}", images[i % len(images)], q, a, t, answerable=ok) for i, (q, a, t, ok) in enumerate(rows)
     ]
     return {"splits": {"train": samples, "val": samples, "test": samples}, "answer_vocab": ["red", "blue", "yes", "no"]}
+
+
+class QATask(Task):
+    """What classification VQA and answerability share: samples, collation, references, checks."""
+
+    sample_type = QASample
+    group_by_image = True
+
+    def check_data(self, data: Any) -> None:
+        super().check_data(data)
+        check_vocab(data)
+
+    def fixture(self, images: list[str]) -> dict[str, Any]:
+        return qa_fixture(images)
+
+    def collate(self, samples: list[QASample], ctx: CollateContext) -> QABatch:
+        return collate_qa(samples, ctx)
+
+    def reference_fields(self, sample: QASample) -> dict[str, Any]:
+        return qa_reference_fields(sample)
+
+    def score_options(self, data: Any) -> dict[str, Any]:
+        return {"vqa_mode": data.vqa_mode}

@@ -6,44 +6,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from vqabench import metrics
-from vqabench.tasks.base import CollateContext, Task
-from vqabench.tasks.qa import (
-    QABatch,
-    QASample,
-    check_vocab,
-    collate_qa,
-    majority_answer,
-    qa_fixture,
-    qa_reference_fields,
-)
+from vqabench.tasks.qa import QASample, QATask, majority_answer
 
 
-class VQATask(Task):
+class VQATask(QATask):
     name = "vqa"
     description = "classification VQA: answer from a vocabulary, official VQA accuracy"
-    sample_type = QASample
     prediction_fields = ("answer",)
     primary_metric = "vqa_accuracy"
     metric_names = ("vqa_accuracy", "weighted_precision", "weighted_recall", "weighted_f1")
     columns = (("vqa_accuracy", "Test Acc"),)
     type_prefix = "acc/"
-    group_by_image = True
-
-    def check_data(self, data: Any) -> None:
-        super().check_data(data)
-        check_vocab(data)
-
-    def fixture(self, images: list[str]) -> dict[str, Any]:
-        return qa_fixture(images)
-
-    def collate(self, samples: list[QASample], ctx: CollateContext) -> QABatch:
-        return collate_qa(samples, ctx)
-
-    def reference_fields(self, sample: QASample) -> dict[str, Any]:
-        return qa_reference_fields(sample)
-
-    def score_options(self, data: Any) -> dict[str, Any]:
-        return {"vqa_mode": data.vqa_mode}
 
     def score(self, lines: Sequence[dict[str, Any]], vqa_mode: str = "vqa", **_: Any) -> dict[str, Any]:
         preds = [r["answer"] for r in lines]
