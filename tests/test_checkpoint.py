@@ -464,3 +464,41 @@ def test_resume_on_cuda_restores_the_cuda_rng_and_state_devices(tmp_path):
                 saved["opt"]["state"][i][name].device,
             )
     assert torch.equal(_train(model, opt, sched, gen, 3), after)
+
+
+# --- a cell's checkpoint directory: nothing deleted before it is replaced ---------------------------
+
+
+def _a_set(ckpt: Path, config: str) -> None:
+    (ckpt / "1-train" / "last").mkdir(parents=True)
+    (ckpt / "1-train" / "last" / "weights.safetensors").write_text(f"weights of {config}")
+    (ckpt / "config_hash").write_text(config)
+
+
+def test_checkpoints_of_another_config_are_set_aside_until_the_new_run_has_its_own(tmp_path):
+    from vqabench.checkpoint import drop_replaced, replaced_dir, start_checkpoints
+
+    ckpt = tmp_path / "ckpt"
+    _a_set(ckpt, "A")
+    start_checkpoints(ckpt, "A")  # the same config: resumed, nothing moves
+    assert (ckpt / "1-train" / "last").is_dir() and not replaced_dir(ckpt).exists()
+
+    start_checkpoints(ckpt, "B")  # another config: A's set is moved aside, not deleted
+    assert (replaced_dir(ckpt) / "1-train" / "last" / "weights.safetensors").read_text() == "weights of A"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["config_hash"] and (ckpt / "config_hash").read_text() == "B"
+
+    # The run of B died before its first checkpoint: the next start puts A's set back, and a run
+    # of A resumes it.
+    start_checkpoints(ckpt, "A")
+    assert (ckpt / "1-train" / "last" / "weights.safetensors").read_text() == "weights of A"
+    assert not replaced_dir(ckpt).exists()
+
+    start_checkpoints(ckpt, "B", force=True)
+    (ckpt / "1-train" / "last").mkdir(parents=True)  # B's first checkpoint: A's set is no longer needed
+    start_checkpoints(ckpt, "B")
+    assert not replaced_dir(ckpt).exists() and (ckpt / "1-train" / "last").is_dir()
+
+    start_checkpoints(ckpt, "B", force=True)  # --force: even this config's set goes aside first
+    assert replaced_dir(ckpt).is_dir() and not (ckpt / "1-train").exists()
+    drop_replaced(ckpt)  # the run's record is written
+    assert not replaced_dir(ckpt).exists()

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -60,14 +65,77 @@ def test_recover_dir_restores_the_old_copy_a_kill_between_the_renames_leaves(tmp
     assert recover_dir(target) == target
 
 
-def test_clean_partial_removes_temporary_files_and_directories(tmp_path):
-    (tmp_path / ".x.npy.abc.tmp").write_text("half")
-    (tmp_path / ".last.def.tmp").mkdir()
+def test_recover_dir_deletes_the_superseded_copy_a_kill_after_the_second_rename_leaves(tmp_path):
+    target, old = tmp_path / "last", tmp_path / "last.old"
+    for where, text in ((target, "new"), (old, "superseded")):
+        where.mkdir()
+        (where / "weights").write_text(text)
+    assert recover_dir(target) == target
+    assert (target / "weights").read_text() == "new" and not old.exists()
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: the PID names no process any more
+    return child.pid
+
+
+def _tag(pid: int, machine: str | None = None) -> str:
+    return f"w{pid}-{machine or files._machine()}"
+
+
+def test_clean_partial_removes_what_dead_writers_left_at_once_and_the_rest_only_when_old(tmp_path):
+    dead = _tag(_dead_pid())
+    killed_file, killed_dir = f".x.npy.{dead}.abc.tmp", f".last.{dead}.def.tmp"
+    ours = f".y.npy.{_tag(os.getpid())}.ghi.tmp"  # being written by this process
+    live = f".z.npy.{_tag(os.getppid())}.jkl.tmp"  # by another live process
+    far = f".far.npy.{_tag(_dead_pid(), 'f00dcafe')}.mno.tmp"  # a PID of another machine: unknown here
+    untagged = ".untagged.abc.tmp"  # an older vqabench's: no writer in the name
+    for name in (killed_file, ours, live, far, untagged):
+        (tmp_path / name).write_text("half")
+    (tmp_path / killed_dir).mkdir()
+    (tmp_path / killed_dir / "weights.safetensors").write_text("half")
     (tmp_path / "kept.npy").write_text("whole")
-    removed = clean_partial(tmp_path)
-    assert sorted(p.name for p in removed) == [".last.def.tmp", ".x.npy.abc.tmp"]
-    assert os.listdir(tmp_path) == ["kept.npy"]
+    nested = tmp_path / "ckpt" / "1-train"
+    nested.mkdir(parents=True)
+    (nested / f".best.safetensors.{dead}.pqr.tmp").write_text("half")
+
+    assert sorted(p.name for p in clean_partial(tmp_path)) == sorted([killed_dir, killed_file])
+    assert clean_partial(tmp_path, recursive=True) == [nested / f".best.safetensors.{dead}.pqr.tmp"]
+    assert sorted(os.listdir(tmp_path)) == sorted([ours, live, far, untagged, "ckpt", "kept.npy"])
+
+    day_old = time.time() - files.STALE_AFTER_S - 60
+    for name in os.listdir(tmp_path):
+        os.utime(tmp_path / name, (day_old, day_old))
+    # Untouched for a day: stale whoever wrote them, except this process's own.
+    assert sorted(p.name for p in clean_partial(tmp_path)) == sorted([live, far, untagged])
+    assert sorted(os.listdir(tmp_path)) == sorted([ours, "ckpt", "kept.npy"])
     assert clean_partial(tmp_path / "missing") == []
+
+
+def test_a_killed_writer_that_is_not_reaped_yet_counts_as_dead(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        entry = tmp_path / f".x.npy.{_tag(child.pid)}.abc.tmp"
+        entry.write_text("half")
+        assert not files.is_stale(entry)  # its writer is alive
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1].startswith("Z"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert files.is_stale(entry)  # a zombie writes nothing any more
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_temporary_names_carry_their_writer(tmp_path):
+    with atomic_path(tmp_path / "record.json") as tmp:
+        assert tmp.name.startswith(f".record.json.w{os.getpid()}-")
+        assert not files.is_stale(tmp)
+    with atomic_dir(tmp_path / "last") as tmp:
+        assert tmp.name.startswith(f".last.w{os.getpid()}-")
 
 
 def test_dumps_json_is_sorted_and_strict():

@@ -24,7 +24,8 @@ import vqabench_example as ex
 @hookimpl
 def register_models(register):
     register(ModelSpec("fine-model", "F", "Fine", (TaskKind.VQA,), ex.BowConfig, None))
-    register(ModelSpec("example-bow", "X", "X", (TaskKind.VQA,), ex.BowConfig, None))
+    register(ModelSpec("twice", "X", "X", (TaskKind.VQA,), ex.BowConfig, None))
+    register(ModelSpec("twice", "X", "X", (TaskKind.VQA,), ex.BowConfig, None))
 """
 
 
@@ -56,7 +57,7 @@ def test_broken_plugins_warn_and_the_rest_load(plugin_site, monkeypatch):
     assert by_name["example"].status == "ok"
     assert "ModuleNotFoundError" in by_name["broken_import"].error
     assert "boom in hook" in by_name["raises"].error
-    assert "already registered by plugin 'example'" in by_name["zz_dup"].error
+    assert "registers model 'twice' twice" in by_name["zz_dup"].error
     # The duplicate plugin's valid registration is rolled back with the rest of it.
     assert "fine-model" not in registry.models and by_name["zz_dup"].models == []
     messages = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
@@ -159,16 +160,20 @@ def test_a_dataset_may_use_a_kind_a_plugin_loaded_after_it_registers(plugin_site
     )
 
 
-def test_a_plugin_registering_a_taken_kind_fails_whole(plugin_site, monkeypatch):
+def test_a_kind_two_plugins_register_is_a_conflict_and_both_plugins_load(plugin_site, monkeypatch):
     add_distribution(plugin_site, "vqabench-taken", {"zz_taken": "vqabench_taken"}, {"vqabench_taken": TASK_TAKEN})
     monkeypatch.setenv("VQABENCH_PLUGINS", "example,zz_taken")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         registry, infos = load_plugins()
     by_name = {i.name: i for i in infos}
-    assert by_name["example"].status == "ok"
-    assert "task kind 'multiple-choice' is already registered by 'example'" in by_name["zz_taken"].error
-    # Nothing of the failed plugin stays: not its kind, not its models.
-    assert by_name["zz_taken"].tasks == [] and by_name["zz_taken"].models == [] and "never" not in registry.models
-    assert registry.owner[("task", "multiple-choice")] == "example"
-    assert any("'zz_taken'" in str(w.message) for w in caught if issubclass(w.category, PluginWarning))
+    assert by_name["example"].status == "ok" and by_name["zz_taken"].status == "ok"
+    # The kind resolves to neither; everything else of both plugins stays usable.
+    assert "multiple-choice" not in registry.tasks and ("task", "multiple-choice") not in registry.owner
+    assert set(registry.conflicts[("task", "multiple-choice")]) == {"example", "zz_taken"}
+    assert registry.model("never") and registry.dataset("example-colors") and registry.model("example-bow")
+    assert any(
+        "task kind 'multiple-choice' is registered by plugins 'example'" in str(w.message)
+        for w in caught
+        if issubclass(w.category, PluginWarning)
+    )

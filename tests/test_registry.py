@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from vqabench.registry import DatasetSpec, ModelRef, ModelSpec, PluginInfo, Registry, did_you_mean
+from vqabench.registry import DatasetSpec, ModelRef, ModelSpec, NameConflictError, PluginInfo, Registry, did_you_mean
 from vqabench.tasks import TaskKind
 from vqabench.tasks.base import Task
 
@@ -57,7 +57,14 @@ def test_model_ref_parse(text, name, tag, back):
     assert str(ref) == back
 
 
-@pytest.mark.parametrize("text", ["x@", "@random", "", "   "])
+def test_model_ref_parse_with_a_plugin():
+    ref = ModelRef.parse("resnet_sbert:resnet-sbert@random")
+    assert ref == ModelRef("resnet-sbert", "random", "resnet_sbert")
+    # Records and run directories name the model; the plugin is only how it was looked up.
+    assert str(ref) == "resnet-sbert@random" and ref.qualified_name == "resnet_sbert:resnet-sbert"
+
+
+@pytest.mark.parametrize("text", ["x@", "@random", "", "   ", ":x", "p:", "a:b:c"])
 def test_model_ref_parse_rejects_bad_references(text):
     with pytest.raises(ValueError, match=r"bad model reference .*: expected NAME or NAME@TAG"):
         ModelRef.parse(text)
@@ -81,17 +88,35 @@ def test_same_name_for_a_dataset_and_a_model_is_allowed():
 
 
 @pytest.mark.parametrize(("what", "make"), [("dataset", dataset), ("model", model)])
-def test_add_rejects_duplicates_naming_both_plugins(what, make):
+def test_a_name_two_plugins_register_resolves_to_neither(what, make):
     reg = Registry()
-    reg.add(what, make("dup"), "first-plugin")
+    first, second = make("dup"), make("dup")
+    reg.add(what, first, "first-plugin")
+    reg.add(what, second, "second-plugin")
+    assert (what, "dup") not in reg.owner and "dup" not in getattr(reg, f"{what}s")
+    assert reg.conflicts[(what, "dup")] == {"first-plugin": first, "second-plugin": second}
+    lookup = getattr(reg, what)
     with pytest.raises(
-        ValueError, match=rf"plugin 'second-plugin': {what} name 'dup' is already registered by plugin 'first-plugin'"
+        NameConflictError,
+        match=rf"{what} 'dup' is registered by plugins 'first-plugin' \(\?\) and 'second-plugin' \(\?\), so it "
+        rf"resolves to neither; pick one by naming it PLUGIN:NAME \(e.g. first-plugin:dup\) or load only one",
     ):
-        reg.add(what, make("dup"), "second-plugin")
-    assert reg.owner[(what, "dup")] == "first-plugin"
+        lookup("dup")
+    assert lookup("first-plugin:dup") is first and lookup("second-plugin:dup") is second
+    with pytest.raises(KeyError, match=r"plugin 'third' registers no .* 'dup'; it is registered by 'first-plugin'"):
+        lookup("third:dup")
 
 
-@pytest.mark.parametrize("name", ["", " lead", "trail ", "a/b", "a,b"])
+@pytest.mark.parametrize(("what", "make"), [("dataset", dataset), ("model", model)])
+def test_add_rejects_a_name_registered_twice_by_one_plugin(what, make):
+    reg = Registry()
+    reg.add(what, make("dup"), "p")
+    with pytest.raises(ValueError, match=rf"plugin 'p' registers {what} 'dup' twice"):
+        reg.add(what, make("dup"), "p")
+    assert reg.owner[(what, "dup")] == "p"
+
+
+@pytest.mark.parametrize("name", ["", " lead", "trail ", "a/b", "a,b", "plugin:name"])
 def test_add_rejects_bad_names(name):
     reg = Registry()
     with pytest.raises(ValueError, match=r"plugin 'p': invalid model name .*no '/', ',', '@' or spaces"):
@@ -143,11 +168,14 @@ def test_add_task_then_a_dataset_may_declare_it():
     assert reg.dataset("d").task_kinds == ("counting",)
 
 
-def test_add_task_rejects_a_taken_name_naming_the_owner():
+def test_a_task_kind_two_plugins_register_conflicts_and_a_builtin_one_is_refused():
     reg = Registry()
     reg.add_task(Counting(), "first")
-    with pytest.raises(ValueError, match=r"plugin 'second': task kind 'counting' is already registered by 'first'"):
-        reg.add_task(Counting(), "second")
+    reg.add_task(Counting(), "second")
+    assert "counting" not in reg.tasks and set(reg.conflicts[("task", "counting")]) == {"first", "second"}
+    with pytest.raises(NameConflictError, match=r"task kind 'counting' is registered by plugins 'first'"):
+        reg.check_kind("counting")
+    reg.add("dataset", dataset("d", kinds=("counting",)), "first")  # still a known kind name
     with pytest.raises(ValueError, match=r"plugin 'p': task kind 'vqa' is already registered by 'vqabench'"):
         reg.add_task(type("Mine", (Counting,), {"name": "vqa"})(), "p")
 

@@ -47,6 +47,9 @@ class RunOptions:
     no_cache: bool = False
     clipscore: str | None = None  # "ARCH@TAG_OR_FILE": the CLIP that scores captions (CLIPScore)
     progress: bool = True
+    # Parameter groups the user named with --lr (their rates are train.lrs.* overrides): only these
+    # must be groups of the model, since a recipe may carry rates for groups a variant lacks.
+    lr_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Cell:
     model: ModelSpec
     dataset: DatasetSpec
     kind: str
+    dataset_plugin: str | None = None  # the plugin the user picked with PLUGIN:DATASET, if any
 
     @property
     def task(self) -> Task:
@@ -79,7 +83,8 @@ def resolve(cell: Cell, opts: RunOptions) -> tuple[Any, Any]:
     """The model and dataset configs: defaults, then profile, weights tag and user overrides.
 
     ``--set KEY=V`` applies to every model that has the field ``KEY`` names (an eval-only model
-    has no ``train``); ``--set NAME:KEY=V`` applies to model NAME and must fit its config.
+    has no ``train``); ``--set NAME:KEY=V`` (or ``PLUGIN:NAME:KEY=V``) applies to model NAME and
+    must fit its config.
     """
     mcfg = apply_overrides(
         cell.model.config_cls(),
@@ -89,10 +94,11 @@ def resolve(cell: Cell, opts: RunOptions) -> tuple[Any, Any]:
     if cell.ref.tag:
         mcfg = apply_overrides(mcfg, cell.model.tags[cell.ref.tag], where=f"model {cell.ref}")
     fields = {f.name: getattr(mcfg, f.name) for f in dataclasses.fields(mcfg)}
+    # The scope ends at the last ':' (config keys hold none), so it may be NAME or PLUGIN:NAME.
     mine = {
-        k.partition(":")[2]: v
+        k.rpartition(":")[2]: v
         for k, v in opts.model_overrides.items()
-        if ":" in k and k.partition(":")[0] == cell.ref.name
+        if ":" in k and k.rpartition(":")[0] in (cell.ref.name, cell.ref.qualified_name)
     }
     shared = {
         k: v for k, v in opts.model_overrides.items() if ":" not in k and fields.get(k.partition(".")[0]) is not None
@@ -124,6 +130,38 @@ def check_recipe(cell: Cell, mcfg: Any) -> None:
     for stage in train.resolved_stages():
         if not stage.streams:
             raise ValueError(f"model {cell.ref}: stage {stage.name!r} has no training streams")
+
+
+def check_lr_groups(cell: Cell, opts: RunOptions, mcfg: Any, model: Any = None) -> None:
+    """Fail before training when a ``--lr GROUP=VALUE`` cannot take effect on this cell's model.
+
+    Without ``model``: only what the recipe shows (when each of its stages sets its own rates, a
+    top-level rate reaches none of them). With it: GROUP must be one of the model's parameter
+    groups or one a stage of the recipe trains (a stage may add its group in ``begin_stage``).
+    """
+    train = train_config(mcfg)
+    if not opts.lr_groups or train is None:
+        return  # an evaluation-only model takes no train.* override at all
+    if train.stages and all(s.lrs for s in train.stages):
+        stage = train.stages[-1]
+        raise ValueError(
+            f"model {cell.ref}: --lr {opts.lr_groups[0]}=... would change nothing: each stage of its recipe "
+            f"({', '.join(s.name for s in train.stages)}) sets its own rates; set one stage's rate with "
+            f"--set {cell.ref.name}:train.stages.{stage.name}.lrs.{opts.lr_groups[0]}=VALUE"
+        )
+    if model is None:
+        return
+    # The recipe as it was before --lr added its rates: a typo must not count as a recipe group.
+    given = {f"train.lrs.{g}" for g in opts.lr_groups}
+    base = dataclasses.replace(opts, model_overrides={k: v for k, v in opts.model_overrides.items() if k not in given})
+    recipe = train_config(resolve(cell, base)[0])
+    groups = set(model.param_groups()) | {g for s in (recipe.resolved_stages() if recipe else ()) for g in s.lrs}
+    for name in opts.lr_groups:
+        if name not in groups:
+            raise ValueError(
+                f"--lr {name}=...: model {cell.ref} has no parameter group {name!r}; its groups: "
+                f"{', '.join(sorted(groups))} (to give a rate to one model only: --set MODEL:train.lrs.GROUP=VALUE)"
+            )
 
 
 def augmentations(cell: Cell, data: TaskData, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -165,6 +203,7 @@ class Prepared:
     features: Any = None
     text_features: Any = None
     cached: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # the record's "warnings" (see vocab_warnings)
 
     @property
     def task(self) -> Task:
@@ -241,6 +280,7 @@ def prepare(cell: Cell, opts: RunOptions, mcfg: Any, dcfg: Any, data: TaskData) 
             raise ValueError(f"dataset {data.dataset!r} ({data.kind}): split {name!r} is empty")
     device = pick_device(opts.device)
     model, compiled = build_model(cell, mcfg, data, device, opts.seed)
+    check_lr_groups(cell, opts, mcfg, model)  # needs the model's groups; before images are decoded
     task = cell.task
     paths = [task.image_of(s) for v in splits.values() for s in v]
     store = ImageStore.build(
@@ -256,6 +296,7 @@ def prepare(cell: Cell, opts: RunOptions, mcfg: Any, dcfg: Any, data: TaskData) 
     used, disabled = augmentations(cell, data, train.augment if train else ())
     answers = AnswerTargets(data.answer_vocab, data.vqa_mode) if data.answer_vocab else None
     prep = Prepared(cell, opts, mcfg, dcfg, data, splits, model, compiled, device, store, used, disabled, answers)
+    prep.warnings = vocab_warnings(prep)
     if train is None:
         prep.refresh_features()  # a trained model gets them per stage (streams)
     return prep
@@ -291,6 +332,27 @@ def vocab_note(prep: Prepared) -> dict[str, Any] | None:
         "rule": prep.data.vocab_rule or "given by the dataset",
         "coverage": {s: coverage(prep.splits[s], vocab, prep.data.vqa_mode) for s in prep.eval.splits},
     }
+
+
+def vocab_warnings(prep: Prepared) -> list[str]:
+    """Per split, the questions none of whose human answers is in the answer vocabulary.
+
+    Scoring handles them (a prediction just scores 0 against them), so they would pass unseen:
+    the count goes into the record and onto the terminal instead.
+    """
+    if prep.answers is None:
+        return []
+    out = []
+    for split, samples in prep.splits.items():
+        questions = [s for s in samples if hasattr(s, "answers")]
+        missing = sum(1 for s in questions if prep.answers.hard(s.answers) == -1)
+        if missing:
+            out.append(
+                f"{missing:,} of {len(questions):,} {split} questions have no answer in the vocabulary "
+                f"({len(prep.answers):,} answers): training has no target for them and they lower its coverage "
+                f"(the accuracy ceiling)"
+            )
+    return out
 
 
 def build_record(
@@ -334,6 +396,7 @@ def build_record(
         "final": final,
         "baseline": baseline,
         "vocab": vocab_note(prep),
+        "warnings": list(prep.warnings),
         "timing": {"total_seconds": total_seconds, "inference_samples_per_second": inference_rate},
         "memory": peak_memory(prep.device),
         "device": device_name(prep.device),

@@ -469,3 +469,61 @@ def _rng_plan(
         random.setstate(py_state)
 
     return restore
+
+
+# --- a cell's checkpoint directory ----------------------------------------------------------------
+
+
+def replaced_dir(ckpt_dir: Path) -> Path:
+    """Where ``start_checkpoints`` keeps the checkpoints it replaces: ``<ckpt_dir>.replaced``."""
+    ckpt_dir = Path(ckpt_dir)
+    return ckpt_dir.with_name(ckpt_dir.name + ".replaced")
+
+
+def holds_checkpoint(ckpt_dir: Path) -> bool:
+    """Whether a run's checkpoint directory holds a set it can resume from (a stage's ``last`` or ``done``)."""
+    return any(
+        p.is_dir() for pattern in ("*/last", "*/last.old", "*/done", "*/done.old") for p in Path(ckpt_dir).glob(pattern)
+    )
+
+
+def start_checkpoints(ckpt_dir: Path, config_hash: str, *, force: bool = False) -> None:
+    """Make ``ckpt_dir`` the checkpoint directory of a run of ``config_hash``, keeping what it may resume.
+
+    Checkpoints of another config (all of them with ``force``) must not be resumed, but they are
+    not deleted before this run can replace them: they are moved to ``replaced_dir`` and deleted
+    once this run has a checkpoint of its own (seen here at its next start) or its record
+    (``drop_replaced``). So a run that cannot write (a full disk, a read-only directory) or is
+    killed before its first checkpoint loses nothing: a write of the config hash that fails here
+    puts them back at once, and the next start puts them back when the run that set them aside
+    wrote no checkpoint.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    aside = replaced_dir(ckpt_dir)
+    if aside.exists():
+        _settle_replaced(ckpt_dir, aside)
+    hash_file = ckpt_dir / "config_hash"
+    other_config = hash_file.exists() and hash_file.read_text() != config_hash
+    if ckpt_dir.exists() and (other_config or force):
+        os.replace(ckpt_dir, aside)
+    try:
+        files.atomic_write_text(hash_file, config_hash)
+    except OSError:
+        if aside.exists():
+            _settle_replaced(ckpt_dir, aside)
+        raise
+
+
+def _settle_replaced(ckpt_dir: Path, aside: Path) -> None:
+    """Drop the set-aside checkpoints if ``ckpt_dir`` has its own by now, else put them back."""
+    if holds_checkpoint(ckpt_dir):
+        shutil.rmtree(aside)
+        return
+    if ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # a config hash, maybe a best.safetensors: nothing to resume from
+    os.replace(aside, ckpt_dir)
+
+
+def drop_replaced(ckpt_dir: Path) -> None:
+    """Delete the checkpoints ``start_checkpoints`` set aside: the run's record has replaced them."""
+    shutil.rmtree(replaced_dir(ckpt_dir), ignore_errors=True)

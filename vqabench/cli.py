@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,24 +25,61 @@ def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, str]:
     for item in items or []:
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise SystemExit(f"error: {flag} {item!r}: expected KEY=VALUE")
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
         out[key.strip()] = value.strip()
     return out
+
+
+def _int_at_least(low: int, why: str = "") -> Any:
+    """An argparse type: an integer >= ``low``; argparse names the flag and exits 2 otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}" + (f" ({why})" if why else ""))
+        return value
+
+    return parse
+
+
+EPOCHS = _int_at_least(1, "a model that trains trains at least one epoch; an evaluation-only model has no recipe")
+POSITIVE = _int_at_least(1)
+SEED = _int_at_least(0, "seeds are non-negative")
+
+
+def _lr_pairs(items: Sequence[str] | None) -> dict[str, str]:
+    """``--lr GROUP=LR`` pairs; GROUP is a parameter group name, never a dotted or scoped key."""
+    pairs = _pairs(items, "--lr")
+    for group in pairs:
+        if ":" in group or "." in group:
+            raise ValueError(
+                f"--lr {group}=...: GROUP is a parameter group name such as head; for one model only use "
+                f"--set MODEL:train.lrs.GROUP=LR"
+            )
+    return pairs
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     from vqabench.plugins import load_plugins
 
-    _, infos = load_plugins()
+    registry, infos = load_plugins()
+
+    def names(what: str, registered: list[str]) -> str:
+        marked = [f"{n} (conflict)" if (what, n) in registry.conflicts else n for n in registered]
+        return ", ".join(marked) or "–"
+
     rows = [
         [
             i.name,
             i.distribution,
             i.version,
             i.status,
-            ", ".join(i.tasks) or "–",
-            ", ".join(i.datasets) or "–",
-            ", ".join(i.models) or "–",
+            names("task", i.tasks),
+            names("dataset", i.datasets),
+            names("model", i.models),
             i.error or "",
         ]
         for i in infos
@@ -51,11 +89,27 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             rows, headers=["plugin", "distribution", "version", "status", "task kinds", "datasets", "models", "error"]
         )
     )
+    if registry.conflicts:
+        print(
+            "\nname conflicts: each name below is registered by several plugins and resolves to none of them "
+            "until you pick one:\nPLUGIN:NAME (e.g. --models PLUGIN:MODEL, --tasks PLUGIN:DATASET/KIND; not for "
+            "task kinds) or VQABENCH_PLUGINS=... (load only one of them)\n"
+        )
+        conflicts = [
+            [
+                "task kind" if what == "task" else what,
+                name,
+                ", ".join(f"{p} ({registry.plugins.get(p, '?')})" for p in claims),
+            ]
+            for (what, name), claims in sorted(registry.conflicts.items())
+        ]
+        print(tabulate(conflicts, headers=["what", "name", "registered by (plugin, distribution)"]))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from vqabench import leaderboard
+    from vqabench.files import check_writable_dir
     from vqabench.plugins import load_plugins
     from vqabench.results import iter_records
     from vqabench.runner import RunOptions, plan, run
@@ -65,8 +119,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["train.epochs"] = args.epochs
     if args.batch_size is not None:
         overrides["train.batch_size"] = args.batch_size
-    for name, value in _pairs(args.lr, "--lr").items():
+    lrs = _lr_pairs(args.lr)
+    for name, value in lrs.items():
         overrides[f"train.lrs.{name}"] = value
+    if not args.list:  # before plugins load or anything trains: the first write would fail late
+        check_writable_dir(Path(args.out), "--out")
     opts = RunOptions(
         models=tuple(m for m in args.models.split(",") if m),
         tasks=tuple(t for t in args.tasks.split(",") if t),
@@ -82,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         no_cache=args.no_cache,
         clipscore=args.clipscore,
         progress=not args.no_progress,
+        lr_groups=tuple(lrs),
     )
     registry, infos = load_plugins()
     cells, skipped = plan(registry, opts)
@@ -111,9 +169,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     registry, _ = load_plugins()
     spec = registry.dataset(args.name)
     if spec.prepare is None:
-        raise SystemExit(
-            f"error: dataset {args.name!r} cannot be prepared by vqabench (its plugin gives no prepare step)"
-        )
+        raise ValueError(f"dataset {args.name!r} cannot be prepared by vqabench (its plugin gives no prepare step)")
     overrides: dict[str, Any] = _pairs(args.data, "--data")
     for flag, field in (("seed", "seed"), ("images", "images"), ("image_size", "image_size")):
         if getattr(args, flag) is not None:
@@ -133,7 +189,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     records = [r for _, r in iter_records(Path(args.runs))]
     if not records:
-        raise SystemExit(f"error: no result records (record.json) under {args.runs}")
+        raise FileNotFoundError(f"no result records (record.json) under {args.runs}: give the --out of a vqabench run")
     for path in leaderboard.write(records, Path(args.out)):
         print(f"wrote {path}")
     return 0
@@ -174,7 +230,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     registry, infos = load_plugins()
     rows = bench(registry, infos, opts, max_steps=args.max_steps)
     if not rows:
-        raise SystemExit("error: no (model, task) pair to benchmark")
+        raise ValueError("no (model, task) pair to benchmark: see the skipped pairs with vqabench run ... --list")
     # One column per cell: the rows are long, the cells few.
     fields = [k for k in rows[0] if k not in ("model", "task")]
     table = [[k, *[(f"{r[k]:.4g}" if isinstance(r[k], float) else r[k]) for r in rows]] for k in fields]
@@ -198,8 +254,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     from vqabench.rescore import rescore
 
     load_plugins()
-
-    for path, changed in rescore(Path(args.runs), spice=args.spice):
+    runs = Path(args.runs)
+    if not runs.is_dir():
+        what = "is not a directory" if runs.exists() else "does not exist"
+        raise FileNotFoundError(f"{runs} {what}: give the --out directory of a vqabench run")
+    for path, changed in rescore(runs, spice=args.spice):
         print(f"{'updated' if changed else 'unchanged'} {path}")
     return 0
 
@@ -215,14 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tasks", required=True, help="comma-separated DATASET or DATASET/KIND")
     r.add_argument("--profile", default="quick", choices=["quick", "paper"])
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=SEED, default=0)
     r.add_argument("--out", default="runs", help="run directory (records, predictions, checkpoints)")
     r.add_argument(
         "--cache-dir", default=None, help="data and feature cache (default $VQABENCH_CACHE or ~/.cache/vqabench)"
     )
     r.add_argument("--leaderboards", default=None, help="where to write leaderboards (default OUT/leaderboards)")
-    r.add_argument("--epochs", type=int)
-    r.add_argument("--batch-size", type=int)
+    r.add_argument("--epochs", type=EPOCHS)
+    r.add_argument("--batch-size", type=POSITIVE)
     r.add_argument("--lr", action="append", metavar="GROUP=LR", help="learning rate of a parameter group (repeatable)")
     r.add_argument(
         "--set",
@@ -231,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a model config field, dotted; NAME:KEY=VALUE for one model only (repeatable)",
     )
     r.add_argument("--data", action="append", metavar="KEY=VALUE", help="override a dataset config field (repeatable)")
-    r.add_argument("--limit", type=int, help="seeded random sample of at most N per split (marked partial)")
+    r.add_argument("--limit", type=POSITIVE, help="seeded random sample of at most N per split (marked partial)")
     r.add_argument("--force", action="store_true", help="redo cells that are already done")
     r.add_argument("--list", action="store_true", help="only list the planned and skipped pairs")
     r.add_argument("--no-cache", action="store_true", help="recompute frozen encoders every step (no feature cache)")
@@ -245,9 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     dp = d.add_parser("prepare", help="generate or check a dataset in a directory")
     dp.add_argument("name")
     dp.add_argument("--root", required=True)
-    dp.add_argument("--seed", type=int)
-    dp.add_argument("--images", type=int)
-    dp.add_argument("--image-size", type=int)
+    dp.add_argument("--seed", type=SEED)
+    dp.add_argument("--images", type=POSITIVE)
+    dp.add_argument("--image-size", type=POSITIVE)
     dp.add_argument("--data", action="append", metavar="KEY=VALUE", help="override a dataset config field")
     dp.set_defaults(fn=cmd_data_prepare)
 
@@ -266,11 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tasks", required=True)
     b.add_argument("--profile", default="quick", choices=["quick", "paper"])
     b.add_argument("--device", default="auto")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=SEED, default=0)
     b.add_argument("--cache-dir", default=None)
     b.add_argument("--set", action="append", metavar="KEY=VALUE")
     b.add_argument("--data", action="append", metavar="KEY=VALUE")
-    b.add_argument("--max-steps", type=int, default=None, help="cap the timed epochs at N steps")
+    b.add_argument("--max-steps", type=POSITIVE, default=None, help="cap the timed epochs at N steps")
     b.add_argument("--json", default="bench.json", help="where to write the measurements")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(fn=cmd_bench)
@@ -285,24 +344,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("runs")
     s.add_argument("--spice", action="store_true", help="also compute SPICE (needs its CoreNLP download)")
     s.set_defaults(fn=cmd_score)
+
+    # --debug before or after the command (``vqabench --debug run ...`` or ``vqabench run ... --debug``);
+    # SUPPRESS keeps a subcommand's absent flag from resetting the global one.
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
+    for action in (sub, d, cc):
+        for parser in {id(v): v for v in action.choices.values()}.values():
+            parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
+
+
+def describe_error(exc: BaseException) -> str:
+    """The one-line message of an expected error: the path or name involved and the fix."""
+    from vqabench.files import describe_os_error
+
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return describe_os_error(exc)
+    return str(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     from vqabench.plugins import PluginWarning
+    from vqabench.results import RunWarning
 
     default_format = warnings.formatwarning
     warnings.formatwarning = lambda msg, cat, *a, **k: (
-        f"warning: {msg}\n" if issubclass(cat, PluginWarning) else default_format(msg, cat, *a, **k)
+        f"warning: {msg}\n" if issubclass(cat, (PluginWarning, RunWarning)) else default_format(msg, cat, *a, **k)
     )
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {msg}", file=sys.stderr)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:  # OSError: disk full, permissions, not a dir
+        if args.debug:
+            traceback.print_exc()
+        else:
+            # One line, whatever the message (a library's may span several): "; " joins its lines.
+            message = "; ".join(line.strip() for line in describe_error(exc).splitlines() if line.strip())
+            print(f"error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -26,7 +26,8 @@ class Stage:
 
     ``lrs`` names the parameter groups that train in this stage (the others are frozen for it).
     Fields left None take the recipe's value (``TrainConfig``). The model's ``begin_stage`` is
-    called before the stage starts, so it may change itself (add adapters) first.
+    called before the stage starts, so it may change itself (add adapters, unfreeze a part) first:
+    a group trains only the parameters that are trainable (``requires_grad``) at that point.
     """
 
     name: str
@@ -89,6 +90,13 @@ class TrainConfig:
             raise ValueError(f"train.targets {self.targets!r}: choose hard or soft")
         if self.val_every < 1:
             raise ValueError(f"train.val_every must be >= 1, got {self.val_every}")
+        # Zero epochs would write a record of an untrained model as if it had trained; a model
+        # that needs no training is evaluation-only (no ``train`` recipe) instead.
+        for key, value in [("epochs", self.epochs), *((f"stages.{s.name}.epochs", s.epochs) for s in self.stages)]:
+            if value is not None and value < 1:
+                raise ValueError(f"train.{key} must be >= 1, got {value} (a model that trains, trains an epoch)")
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"train.stages: stage names must be unique, got {names}")

@@ -242,11 +242,17 @@ def fit(
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     seed: int = 0,
     progress: bool = True,
+    stage_notes: Callable[[], Any] | None = None,
+    restore_notes: Callable[[Any], None] | None = None,
 ) -> FitResult:
     """Train ``model`` through the recipe's stages, validating as it asks; resume from ``ckpt_dir``.
 
     ``streams_for(stage)`` returns the stage's training batches by split (the first one sets the
     epoch length); ``validate()`` returns scalar validation metrics, ``best_metric`` among them.
+    ``stage_notes()`` is what the caller keeps with each finished stage (JSON; the runner: what it
+    cached), saved in the stage's ``done`` checkpoint: a resumed run skips a finished stage without
+    calling ``streams_for``, so ``restore_notes`` gets that back instead, and the record says what
+    an uninterrupted run's would.
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     stages = cfg.resolved_stages()
@@ -272,6 +278,13 @@ def fit(
             trained.update(ck.meta["trained"])
             result.best_epoch = ck.meta["stage"]["best_epoch"]
             total_steps = total_steps or ck.meta["total_steps"]
+            if restore_notes is not None and ck.meta.get("notes") is not None:
+                restore_notes(ck.meta["notes"])
+            if index == len(stages) - 1:
+                # What the caller derives from the last stage's streams (the feature cache that
+                # evaluation reads, in float16) must be there as after an uninterrupted run, or a
+                # resumed run's predictions differ from its in their last digits.
+                streams_for(stage)
             _unfreeze(frozen)
             epoch_base += stage.epochs or 0
             continue
@@ -297,6 +310,7 @@ def fit(
             total_steps=total_steps,
             progress=progress,
             result=result,
+            notes=stage_notes,
         )
         result.best_epoch = stage_result["best_epoch"]
         _unfreeze(frozen)
@@ -342,6 +356,7 @@ def _fit_stage(
     total_steps: int,
     progress: bool,
     result: FitResult,
+    notes: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     last, best_path, done = paths
     opt = make_optimizer(model, dict(stage.lrs), cfg.weight_decay, strict=not explicit)
@@ -454,6 +469,7 @@ def _fit_stage(
             "step_losses": state["step_losses"],
             "trained": sorted(trained),
             "total_steps": total_steps,
+            "notes": notes() if notes is not None else None,
             **stats_total,
         },
     )

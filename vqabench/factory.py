@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from vqabench.cell import Cell, RunOptions, check_recipe, resolve
-from vqabench.registry import ModelRef
+from vqabench.registry import ModelRef, split_plugin
 
 
 def create_model(
@@ -23,6 +23,9 @@ def create_model(
 ) -> Any:
     """The model ``name`` (``NAME`` or ``NAME@TAG``) for ``dataset``'s task ``kind``, on ``device``.
 
+    When two plugins register a name, ``PLUGIN:NAME`` picks one (for ``name`` and ``dataset``);
+    the bare name is refused, naming both plugins.
+
     Configs are resolved exactly as ``vqabench run`` resolves them (profile, tag, ``overrides``
     as with ``--set``); the dataset is loaded (generated when needed) for its vocabulary or
     class names. Example: ``create_model("clip-lora@random", dataset="mini-clevr", kind="vqa")``.
@@ -31,11 +34,12 @@ def create_model(
     from vqabench.cli import default_cache
     from vqabench.device import pick_device
     from vqabench.plugins import load_plugins
-    from vqabench.tasks import get_task
+    from vqabench.tasks import get_task, kind_name
 
     registry, _ = load_plugins()
     ref = ModelRef.parse(name)
-    spec, ds = registry.model(ref.name), registry.dataset(dataset)
+    spec, ds = registry.model(ref.qualified_name), registry.dataset(dataset)
+    registry.check_kind(kind_name(kind))
     task = get_task(kind)
     if ref.tag and ref.tag not in spec.tags:
         raise ValueError(f"model {ref.name!r} has no weights tag {ref.tag!r}; it has: {', '.join(spec.tags) or 'none'}")
@@ -52,7 +56,7 @@ def create_model(
         model_overrides=dict(overrides or {}),
         data_overrides=dict(data_overrides or {}),
     )
-    cell = Cell(ref, spec, ds, task.name)
+    cell = Cell(ref, spec, ds, task.name, split_plugin(dataset)[0])
     mcfg, dcfg = resolve(cell, opts)
     check_recipe(cell, mcfg)
     data = ds.load(dcfg, task.name, opts.cache_dir)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from vqabench.device import autocast
-from vqabench.files import atomic_dir, atomic_write_json, recover_dir
+from vqabench.files import atomic_dir, atomic_write_json, clean_partial, recover_dir
 from vqabench.model import Stem, TextStem
 from vqabench.transfer import rows_to, to_device
 
@@ -49,7 +49,8 @@ FORMAT = 1  # bump when the layout of an entry changes: older entries then no lo
 DTYPES = {"float16": np.float16, "float32": np.float32}
 _FP16_MAX = float(np.finfo(np.float16).max)
 # A temporary entry directory untouched for this long belongs to a killed build (a live one
-# writes a chunk every few seconds); the next build of the same entry removes it.
+# writes a chunk every few seconds); the next build of the same entry removes it (at once when
+# its name says its writer is dead).
 _STALE_S = 3600.0
 
 # One chunk of stem output: (first row, features [n, ...], mask [n, L] or None).
@@ -310,14 +311,9 @@ def _load_entry(entry: Path, ident: dict[str, Any]) -> dict[str, np.ndarray] | N
 
 
 def _remove_stale(entry: Path) -> None:
-    """Delete temporary directories of ``entry`` left by killed builds (untouched for an hour)."""
-    for tmp in entry.parent.glob(f".{entry.name}.*.tmp"):
-        try:
-            newest = max([tmp.stat().st_mtime, *(f.stat().st_mtime for f in tmp.iterdir())])
-        except OSError:
-            continue
-        if time.time() - newest > _STALE_S:
-            shutil.rmtree(tmp, ignore_errors=True)
+    """Delete temporary directories of ``entry`` left by killed builds: at once when the name says
+    its writer is dead, else once untouched for an hour (``files.is_stale``)."""
+    clean_partial(entry.parent, pattern=f".{entry.name}.*.tmp", max_age_s=_STALE_S)
 
 
 class _Rows:

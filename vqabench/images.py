@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vqabench.files import atomic_path
+from vqabench.files import atomic_path, clean_partial
+from vqabench.workers import die_with_owner
 
 # torch is imported inside ImageStore's methods only: worker processes import this module to
 # decode, and a torch import (1.5 s or more) at each pool start costs more than decoding a few
@@ -173,7 +174,10 @@ def _decode_all(
             out[i] = decode_image(p, size, resize, dataset)
             bar.update(1)
         return
-    with ProcessPoolExecutor(workers, mp_context=_mp_context()) as pool:
+    # Workers die with this process: a SIGKILL here must not leave them waiting for tasks forever.
+    with ProcessPoolExecutor(
+        workers, mp_context=_mp_context(), initializer=die_with_owner, initargs=(os.getpid(),)
+    ) as pool:
         pending = {
             pool.submit(_decode_chunk, paths[s : s + chunk], size, resize, dataset, dest, s, Image.MAX_IMAGE_PIXELS): s
             for s in range(0, len(paths), chunk)
@@ -254,7 +258,9 @@ class ImageStore:
                 out = np.empty(shape, dtype=np.uint8)
                 _decode_all(paths, size, resize, dataset, out, None, workers, parallel_min, bar)
                 return cls(paths, out, resize)
-            # A kill before the rename leaves only a hidden temporary file, never a store in use.
+            # A kill before the rename leaves only a hidden temporary file, never a store in use;
+            # the next build removes those whose writer is gone (files.is_stale).
+            clean_partial(target.parent)
             with atomic_path(target) as tmp:
                 mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
                 _decode_all(paths, size, resize, dataset, mm, str(tmp), workers, parallel_min, bar)

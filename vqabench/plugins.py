@@ -2,7 +2,9 @@
 
 Nothing is loaded on import. ``VQABENCH_PLUGINS`` (comma-separated entry-point names) restricts
 which plugins load. A plugin that fails to import, raises in a hook or registers a taken name is
-reported with a warning and marked failed; the others still load.
+reported with a warning and marked failed; the others still load. A name two plugins register
+resolves to neither (``Registry.conflicts``, listed by ``vqabench plugins`` and warned about): the
+user picks one as ``PLUGIN:NAME`` or with ``VQABENCH_PLUGINS``.
 """
 
 from __future__ import annotations
@@ -28,9 +30,7 @@ class PluginWarning(UserWarning):
 
 def _collect(pm: pluggy.PluginManager, plugin: object, info: PluginInfo, registry: Registry, hooks: list) -> None:
     """Call this plugin's ``hooks`` alone, so an error is pinned on it and its partial work undone."""
-    staged = Registry()
-    staged.tasks, staged.datasets, staged.models = dict(registry.tasks), dict(registry.datasets), dict(registry.models)
-    staged.owner = dict(registry.owner)
+    staged = registry.copy()
     for what, hook_name, names in hooks:
         impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin is plugin]
         for impl in impls:
@@ -44,7 +44,7 @@ def _collect(pm: pluggy.PluginManager, plugin: object, info: PluginInfo, registr
 
             impl.function(register=register)
     registry.tasks, registry.datasets, registry.models = staged.tasks, staged.datasets, staged.models
-    registry.owner = staged.owner
+    registry.owner, registry.conflicts = staged.owner, staged.conflicts
 
 
 def load_plugins(extra: dict[str, object] | None = None) -> tuple[Registry, list[PluginInfo]]:
@@ -100,13 +100,22 @@ def load_plugins(extra: dict[str, object] | None = None) -> tuple[Registry, list
             warnings.warn(
                 f"vqabench plugin {info.name!r} ({info.distribution}) failed: {info.error}", PluginWarning, stacklevel=2
             )
+    registry.plugins = {i.name: i.distribution for i in infos if not i.error}
+    for what, name in registry.conflicts:
+        warnings.warn(registry.conflict_message(what, name), PluginWarning, stacklevel=2)
     add_plugin_tasks({n: t for n, t in registry.tasks.items() if n not in builtin_tasks()})
     return registry, infos
 
 
-def plugin_version(registry: Registry, what: str, name: str, infos: list[PluginInfo]) -> dict[str, str]:
-    """The plugin, distribution and version that registered a dataset or model."""
-    plugin = registry.owner.get((what, name), "?")
+def plugin_version(
+    registry: Registry, what: str, name: str, infos: list[PluginInfo], plugin: str | None = None
+) -> dict[str, str]:
+    """The plugin, distribution and version that registered a dataset or model.
+
+    ``plugin`` names the provider when the user picked one (``PLUGIN:NAME``); by default the
+    registry's owner of ``name``.
+    """
+    plugin = plugin or registry.plugin_of(what, name) or "?"
     for info in infos:
         if info.name == plugin:
             return {"plugin": plugin, "distribution": info.distribution, "version": info.version}

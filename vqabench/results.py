@@ -14,7 +14,9 @@ Every file is written to a temporary name and renamed, so a killed run never lea
 from __future__ import annotations
 
 import json
+import os
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,8 @@ RECORD_FIELDS = {
     "final": "{split: metrics} of the selected checkpoint",
     "baseline": "{split: {'label', 'prediction', metrics}}: the task's trivial baseline (majority answer, ...)",
     "vocab": "answer vocabulary: size, rule and coverage (accuracy ceiling) per split; null without one",
+    "warnings": "what the run found suspicious but could go on with, with counts (e.g. questions with no answer "
+    "in the vocabulary, per split); [] when nothing",
     "timing": "total and inference samples/s; trained: seconds per epoch, training images/s and samples/s",
     "memory": "peak memory in bytes and what was measured (cuda allocator or process RSS)",
     "device": "device name",
@@ -100,8 +104,17 @@ def iter_records(runs: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
         yield path, read_record(path)
 
 
+class RunWarning(UserWarning):
+    """Something a run repaired or noticed and went on with (the CLI prints it as one line)."""
+
+
 class Ledger:
-    """The status of every (model, task) cell of a run directory: pending, done, skipped, failed."""
+    """The status of every (model, task) cell of a run directory: pending, done, skipped, failed.
+
+    The records are the source of truth; the ledger is a summary of them plus the states records
+    cannot hold (pending, failed, skipped). A ledger that cannot be read (a truncated write by an
+    older version, a hand edit) is moved aside and rebuilt from the records, with a warning.
+    """
 
     STATES = ("pending", "running", "done", "skipped", "failed")
 
@@ -109,7 +122,42 @@ class Ledger:
         self.path = Path(runs) / "status.json"
         self.cells: dict[str, dict[str, Any]] = {}
         if self.path.exists():
-            self.cells = json.loads(self.path.read_text(encoding="utf-8")).get("cells", {})
+            self.cells = self._read()
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            cells = data.get("cells") if isinstance(data, dict) else None
+            if not isinstance(cells, dict) or not all(isinstance(v, dict) and "state" in v for v in cells.values()):
+                raise ValueError("no 'cells' table of {cell: {'state': ...}}")
+            return cells
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            return self._rebuild(exc)
+
+    def _rebuild(self, why: Exception) -> dict[str, dict[str, Any]]:
+        """Move the unreadable ledger aside (never delete it) and rebuild it from the records."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(self.path, aside)
+        cells: dict[str, dict[str, Any]] = {}
+        skipped = 0
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for path in sorted(self.path.parent.rglob("record.json")):
+            try:
+                rec = read_record(path)
+                key = f"{rec['model']}|{rec['dataset']}/{rec['kind']}|{rec['profile']}|seed{rec['seed']}"
+            except (ValueError, KeyError, TypeError, OSError):
+                skipped += 1  # an unreadable record is not a done cell: its cell runs again
+                continue
+            cells[key] = {"state": "done", "updated": now, "record": str(path), "reason": "rebuilt from its record"}
+        atomic_write_json(self.path, {"cells": cells})
+        left_out = f"; {skipped} unreadable record(s) left out" if skipped else ""
+        warnings.warn(
+            f"{self.path} could not be read ({type(why).__name__}: {why}); moved it to {aside} and rebuilt the "
+            f"ledger from the {len(cells)} record(s) under {self.path.parent}{left_out}",
+            RunWarning,
+            stacklevel=3,
+        )
+        return cells
 
     def set(self, cell: str, state: str, **info: Any) -> None:
         if state not in self.STATES:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
+import json
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from vqabench import augment as augment_lib
@@ -17,15 +19,17 @@ from vqabench.cell import (
     Skipped,
     baselines,
     build_record,
+    check_lr_groups,
     check_recipe,
     prepare,
     resolve,
 )
+from vqabench.checkpoint import drop_replaced, start_checkpoints
 from vqabench.config import config_hash
 from vqabench.data import limit_samples
 from vqabench.engine import fit
-from vqabench.files import atomic_write_json, atomic_write_text
-from vqabench.registry import ModelRef, PluginInfo, Registry, did_you_mean
+from vqabench.files import atomic_write_json, clean_partial
+from vqabench.registry import ModelRef, NameConflictError, PluginInfo, Registry, did_you_mean, split_plugin
 from vqabench.results import Ledger, cell_dir, read_record, write_jsonl
 from vqabench.tasks import TaskData, get_task
 
@@ -35,26 +39,35 @@ __all__ = ["Cell", "RunOptions", "Skipped", "plan", "run", "run_cell"]
 def plan(registry: Registry, opts: RunOptions) -> tuple[list[Cell], list[Skipped]]:
     """Every compatible (model, task) cell, and the skipped pairs with their reasons."""
     if opts.models == ("all",):
+        # "all" uses every name, so a name two plugins register stops it as a bare name would.
+        for what, name in registry.conflicts:
+            if what == "model":
+                raise NameConflictError(f"--models all: {registry.conflict_message(what, name)}")
         refs = [ModelRef(n) for n in sorted(registry.models)]
     else:
         refs = [ModelRef.parse(m) for m in opts.models]
-    tasks: list[tuple[Any, str | None]] = []
+    tasks: list[tuple[Any, str | None, str | None]] = []
     for t in opts.tasks:
-        name, _, kind = t.partition("/")
+        name, _, kind = t.partition("/")  # PLUGIN:DATASET/KIND: the plugin is part of the name
         ds = registry.dataset(name)
+        for k in [kind] if kind else ds.task_kinds:
+            if ("task", k) in registry.conflicts:
+                raise NameConflictError(f"--tasks {t}: {registry.conflict_message('task', k)}")
         if kind:
             get_task(kind)  # an unknown kind names the known ones
             if kind not in ds.task_kinds:
                 raise ValueError(f"dataset {ds.name!r} has no task kind {kind!r}; it has: {', '.join(ds.task_kinds)}")
-        tasks.append((ds, kind or None))
+        tasks.append((ds, kind or None, split_plugin(name)[0] or registry.plugin_of("dataset", name)))
     cells, skipped = [], []
     for ref in refs:
-        spec = registry.model(ref.name)
+        spec = registry.model(ref.qualified_name)
+        # The provider, named or not: records say whose model ran, and --set PLUGIN:NAME:KEY=V reaches it.
+        ref = dataclasses.replace(ref, plugin=ref.plugin or registry.plugin_of("model", ref.name))
         if ref.tag and ref.tag not in spec.tags:
             raise ValueError(
                 f"model {ref.name!r} has no weights tag {ref.tag!r}; it has: {', '.join(spec.tags) or 'none'}"
             )
-        for ds, only in tasks:
+        for ds, only, ds_plugin in tasks:
             for kind in [only] if only else list(ds.task_kinds):
                 task = f"{ds.name}/{kind}"
                 if kind not in spec.task_kinds:
@@ -62,7 +75,7 @@ def plan(registry: Registry, opts: RunOptions) -> tuple[list[Cell], list[Skipped
                 elif opts.profile in spec.skip_profiles:
                     skipped.append(Skipped(str(ref), task, spec.skip_profiles[opts.profile]))
                 else:
-                    cells.append(Cell(ref, spec, ds, kind))
+                    cells.append(Cell(ref, spec, ds, kind, ds_plugin))
     return cells, skipped
 
 
@@ -70,12 +83,19 @@ def run(registry: Registry, infos: list[PluginInfo], opts: RunOptions) -> Ledger
     """Run every planned cell; a failing cell is recorded in the ledger and the rest go on."""
     cells, skipped = plan(registry, opts)
     for cell in cells:  # a bad override or recipe fails the whole command before anything runs
-        check_recipe(cell, resolve(cell, opts)[0])
-    scoped = {k.partition(":")[0] for k in opts.model_overrides if ":" in k}
-    names = {c.ref.name for c in cells}
+        mcfg = resolve(cell, opts)[0]
+        check_recipe(cell, mcfg)
+        check_lr_groups(cell, opts, mcfg)
+        # Nothing of another distribution's cell is resumed, deleted or overwritten: checked for
+        # every cell first, so a refused one stops the run before any other cell trains.
+        check_provenance(_cell_dir(cell, opts), cell, _versions(cell, registry, infos))
+    scoped = {k.rpartition(":")[0] for k in opts.model_overrides if ":" in k}
+    names = {c.ref.name for c in cells} | {c.ref.qualified_name for c in cells}
     if scoped - names:
         name = sorted(scoped - names)[0]
         raise ValueError(f"--set {name}:...: no planned model is called {name!r}{did_you_mean(name, names)}")
+    # The ledger's temporary file a killed run left (only its own name: --out may hold other files).
+    clean_partial(opts.out, pattern=".status.json.*.tmp")
     ledger = Ledger(opts.out)
     for s in skipped:
         ledger.set(f"{s.model}|{s.task}|{opts.profile}|seed{opts.seed}", "skipped", reason=s.reason)
@@ -116,7 +136,12 @@ def run_cell(
             "limit": opts.limit,
         }
     )
-    where = cell_dir(opts.out, cell.dataset.name, cell.kind, str(cell.ref), opts.profile, opts.seed)
+    where = _cell_dir(cell, opts)
+    versions = _versions(cell, registry, infos)
+    check_provenance(where, cell, versions)  # before anything in the directory is read or replaced
+    # What killed runs left half-written here (a prediction file, a record, a checkpoint set), even
+    # in a cell that is done; only entries whose writer is gone, never a live run's (files.is_stale).
+    clean_partial(where, recursive=True)
     if (
         (where / "record.json").exists()
         and not opts.force
@@ -125,16 +150,21 @@ def run_cell(
         return "done", {"record": str(where / "record.json"), "reason": "already done (same config hash)"}
     if ledger is not None:
         ledger.set(cell.key(opts), "running")
-    ckpt = where / "ckpt"
-    if ((ckpt / "config_hash").exists() and (ckpt / "config_hash").read_text() != chash) or opts.force:
-        shutil.rmtree(ckpt, ignore_errors=True)  # checkpoints of another config must not be resumed
-    atomic_write_text(ckpt / "config_hash", chash)
 
     # Data: prepared once per (dataset, kind, config) in this process, then sampled by --limit.
     dkey = (cell.dataset.name, cell.kind, config_hash(dcfg))
     if dkey not in data_cache:
         data_cache[dkey] = cell.dataset.load(dcfg, cell.kind, opts.cache_dir)
     prep = prepare(cell, opts, mcfg, dcfg, data_cache[dkey])
+    for warning in prep.warnings:  # also in the record; shown now, before training
+        print(f"warning: {cell.key(opts)}: {warning}", file=sys.stderr)
+
+    # Only now, with data and model checked: a cell refused above (bad data, a --lr typo) must not
+    # have deleted the checkpoints a killed run of the previous config could still resume from.
+    # Checkpoints of another config (all, with --force) must not be resumed; they are set aside, not
+    # deleted, until this run has a checkpoint or record of its own: a run that cannot write loses nothing.
+    ckpt = where / "ckpt"
+    start_checkpoints(ckpt, chash, force=opts.force)
 
     # Train (a model without a recipe is evaluated as it is), keeping the best-validation weights.
     t0 = time.perf_counter()
@@ -151,6 +181,9 @@ def run_cell(
             augment=augment_lib.build(prep.used_aug),
             seed=opts.seed,
             progress=opts.progress,
+            # The record's "cached" of the stages a resumed run restores instead of training.
+            stage_notes=lambda: prep.cached,
+            restore_notes=lambda saved: setattr(prep, "cached", saved),
         )
 
     # Evaluate every eval split, and the task's baseline on the same lines.
@@ -174,12 +207,10 @@ def run_cell(
         baseline=baseline,
         total_seconds=time.perf_counter() - t0,
         inference_rate=rates,
-        versions={
-            "model_plugin": _plugin(registry, infos, "model", cell.ref.name),
-            "dataset_plugin": _plugin(registry, infos, "dataset", cell.dataset.name),
-        },
+        versions=versions,
     )
     atomic_write_json(where / "record.json", record)
+    drop_replaced(ckpt)  # the record replaces the result whose checkpoints were set aside
     return "done", {"record": str(where / "record.json")}
 
 
@@ -197,7 +228,42 @@ def _validate(prep: Prepared) -> dict[str, Any]:
     return out
 
 
-def _plugin(registry: Registry, infos: list[PluginInfo], what: str, name: str) -> dict[str, str]:
+def _cell_dir(cell: Cell, opts: RunOptions) -> Path:
+    return cell_dir(opts.out, cell.dataset.name, cell.kind, str(cell.ref), opts.profile, opts.seed)
+
+
+def _versions(cell: Cell, registry: Registry, infos: list[PluginInfo]) -> dict[str, dict[str, str]]:
+    """The record's plugin provenance: which plugin and distribution provide the model and dataset."""
     from vqabench.plugins import plugin_version
 
-    return plugin_version(registry, what, name, infos)
+    return {
+        "model_plugin": plugin_version(registry, "model", cell.ref.name, infos, plugin=cell.ref.plugin),
+        "dataset_plugin": plugin_version(registry, "dataset", cell.dataset.name, infos, plugin=cell.dataset_plugin),
+    }
+
+
+def check_provenance(where: Path, cell: Cell, versions: dict[str, dict[str, str]]) -> None:
+    """Refuse a cell directory whose record another distribution's model or dataset wrote.
+
+    Run directories are named by model and dataset name, so a plugin registering a taken name
+    (picked with PLUGIN:NAME) would otherwise overwrite the record, predictions and checkpoints
+    of the other one, or resume its checkpoints. A record that cannot be read is left to the
+    cell's own checks; one without provenance (or an unknown distribution) is not refused.
+    """
+    path = where / "record.json"
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        before = old["versions"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    named = {"model_plugin": ("model", str(cell.ref)), "dataset_plugin": ("dataset", cell.dataset.name)}
+    for field, (what, name) in named.items():
+        entry = before.get(field) if isinstance(before, dict) else None
+        was = entry.get("distribution") if isinstance(entry, dict) else None
+        now = versions[field]["distribution"]
+        if was and now and "?" not in (was, now) and was != now:
+            raise ValueError(
+                f"{path} was written with {what} {name!r} from distribution {was!r}, but {what} {name!r} now comes "
+                f"from {now!r}: refusing to overwrite it, its predictions or its checkpoints; use another --out, "
+                f"or delete {where} to replace that result"
+            )

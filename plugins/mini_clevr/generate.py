@@ -40,6 +40,9 @@ from vqabench_plugins.mini_clevr.questions import answer_vocabulary, is_askable,
 from vqabench_plugins.mini_clevr.render import Picture, encode_png, render_source, render_target
 from vqabench_plugins.mini_clevr.scene import radius_range, sample_scene, sample_single
 
+from vqabench.files import writer_tag
+from vqabench.workers import die_with_owner
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -157,7 +160,13 @@ def _run(config: MiniClevrConfig, root: Path, jobs: list[tuple[Any, ...]]) -> It
         return
     # forkserver: workers start from a clean process, not a fork of a parent that may hold torch threads.
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    # Workers die with this process: a SIGKILL here must not leave them rendering or waiting for tasks.
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=die_with_owner,
+        initargs=(os.getpid(),),
+    )
     try:
         for results in pool.map(_work, repeat(config), repeat(str(root)), chunks):
             yield from results
@@ -248,7 +257,9 @@ def generate(config: MiniClevrConfig, root: Path) -> dict[str, Any]:
     """
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    # The name says which process writes it, so a later prepare or load can tell a killed
+    # generation's leftover from a live one's (vqabench.files.is_stale).
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-{writer_tag()}.", dir=root.parent))
     try:
         scene_plan = _plan_scenes(config)
         shot_plan = zeroshot.plan(config)

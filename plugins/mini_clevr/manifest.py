@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vqabench.files import UnsafePathError, contained, describe_os_error
+
 MANIFEST = "manifest.json"
 FORMAT = "mini-clevr-manifest/1"
 
@@ -56,6 +58,10 @@ def verify(root: Path, *, full: bool = True) -> dict[str, Any]:
     path = root / MANIFEST
     if not root.is_dir():
         raise DatasetError(f"{root}: not a directory; run `vqabench data prepare mini-clevr --root {root}`")
+    try:  # a manifest that is a directory, a FIFO or a link out of the root is refused, not read
+        contained(root, MANIFEST, where=str(path))
+    except UnsafePathError as exc:
+        raise DatasetError(f"{exc}; {fix_hint(root)}") from None
     if not path.is_file():
         raise DatasetError(f"{path} is missing, so {root} is incomplete (interrupted generation?); {fix_hint(root)}")
     try:
@@ -63,17 +69,50 @@ def verify(root: Path, *, full: bool = True) -> dict[str, Any]:
         files, revision = manifest["files"], manifest["revision"]
         if manifest.get("format") != FORMAT:
             raise ValueError(f"unknown format {manifest.get('format')!r}")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{path} is malformed ({exc}); {fix_hint(root)}") from None
+        _check_table(files)
+    except OSError as exc:
+        raise DatasetError(f"{describe_os_error(exc, path, 'reading')}; {fix_hint(root)}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{path} is malformed ({type(exc).__name__}: {exc}); {fix_hint(root)}") from None
     if top_hash(files) != revision:
         raise DatasetError(f"{path}: the file table does not match its revision hash; {fix_hint(root)}")
     for rel, expected in files.items():
-        file = root / rel
         try:
-            data = file.read_bytes() if full else None
-            size = len(data) if data is not None else file.stat().st_size
-        except OSError:
+            # Every name is data: checked to be a regular file inside root before it is opened, so a
+            # manifest cannot make this read /dev/zero forever or hash a file outside the dataset.
+            file = contained(root, rel, where=f"{path} field files")
+        except UnsafePathError as exc:
+            raise DatasetError(f"{exc}; {fix_hint(root)}") from None
+        try:
+            # Sizes first: a file of the wrong size is never read (it may be huge).
+            altered = file.stat().st_size != expected["size"] or (full and _sha256(file) != expected["sha256"])
+        except FileNotFoundError:
             raise DatasetError(f"{file} is missing; {fix_hint(root)}") from None
-        if size != expected["size"] or (data is not None and hashlib.sha256(data).hexdigest() != expected["sha256"]):
+        except OSError as exc:  # permission denied, an I/O error: say which, not "missing"
+            raise DatasetError(f"{describe_os_error(exc, file, 'reading')}; {fix_hint(root)}") from None
+        if altered:
             raise DatasetError(f"{file} does not match {MANIFEST} (altered or partly written); {fix_hint(root)}")
     return manifest
+
+
+def _check_table(files: Any) -> None:
+    """ValueError unless ``files`` is {relative path: {"sha256": hex, "size": int}}."""
+    if not isinstance(files, dict):
+        raise ValueError(f"field files is {type(files).__name__}, not an object of file entries")
+    for rel, entry in files.items():
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("size"), int)
+            and not isinstance(entry.get("size"), bool)
+        ):
+            raise ValueError(f"field files, entry {rel!r}: {entry!r} is not {{'sha256': HEX, 'size': BYTES}}")
+
+
+def _sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (never all at once)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            hasher.update(block)
+    return hasher.hexdigest()

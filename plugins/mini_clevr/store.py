@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ from vqabench_plugins.mini_clevr import manifest
 from vqabench_plugins.mini_clevr.config import GENERATOR_VERSION, MiniClevrConfig, config_key, generation_options
 from vqabench_plugins.mini_clevr.generate import generate
 from vqabench_plugins.mini_clevr.manifest import DatasetError
+
+from vqabench.files import clean_partial
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def prepare(config: MiniClevrConfig, root: Path) -> Path:
     anything else is an error, since this never deletes a user's directory.
     """
     root = Path(root)
+    _remove_stale_partials(root)  # a killed `data prepare` into this root left one behind
     if root.exists():
         if root.is_dir() and not any(root.iterdir()):
             root.rmdir()
@@ -64,12 +66,9 @@ def cache_path(config: MiniClevrConfig, cache_dir: Path) -> Path:
 
 
 def _remove_stale_partials(root: Path) -> None:
-    """Delete day-old temporary siblings of ``root`` left by killed generations."""
-    if not root.parent.is_dir():
-        return
-    for partial in root.parent.glob(f".{root.name}.partial-*"):
-        if time.time() - partial.stat().st_mtime > _STALE_PARTIAL_S:
-            shutil.rmtree(partial, ignore_errors=True)
+    """Delete temporary siblings of ``root`` left by killed generations: at once when the name says
+    its writer is dead, else once a day old (``vqabench.files.is_stale``); a live generation's stays."""
+    clean_partial(root.parent, pattern=f".{root.name}.partial-*", max_age_s=_STALE_PARTIAL_S)
 
 
 def ensure(config: MiniClevrConfig, cache_dir: Path) -> tuple[Path, dict[str, Any]]:

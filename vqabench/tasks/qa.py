@@ -114,11 +114,44 @@ def majority_answer(samples: Sequence[QASample]) -> str:
     return min(counts, key=lambda a: (-counts[a], a))
 
 
+def check_answers(data: Any) -> None:
+    """Every question has a question string and a non-empty tuple of string answers.
+
+    Answers read from JSON may be numbers ("how many?": 2) or null; targets, vocabularies and
+    the VQA metric compare strings, so such an answer would never match anything and would fail,
+    if at all, deep inside scoring. Raise naming the dataset, split, sample and field instead.
+    """
+    for split, samples in data.splits.items():
+        for s in samples:
+            where = f"dataset {data.dataset!r} ({data.kind}): split {split!r}, sample {s.id!r}"
+            if not isinstance(s.question, str):
+                raise ValueError(f"{where}: field 'question' is a {type(s.question).__name__}, not a string")
+            answers = s.answers
+            if isinstance(answers, str) or not isinstance(answers, (tuple, list)):
+                raise ValueError(
+                    f"{where}: field 'answers' must be a tuple of strings, got {type(answers).__name__} {answers!r}"
+                )
+            if not answers:
+                raise ValueError(f"{where}: field 'answers' is empty; every question needs at least one answer")
+            for i, answer in enumerate(answers):
+                if not isinstance(answer, str):
+                    raise ValueError(
+                        f"{where}: field 'answers[{i}]' is a {type(answer).__name__} ({answer!r}), not a string; "
+                        f"the dataset's loader must give answers as strings (e.g. str(answer))"
+                    )
+
+
 def check_vocab(data: Any) -> None:
-    """A question-answering dataset gives a non-empty answer vocabulary without repeats."""
+    """A question-answering dataset gives a non-empty answer vocabulary of strings without repeats."""
     vocab = data.answer_vocab or []
     if not vocab:
         raise ValueError(f"dataset {data.dataset!r} ({data.kind}) gives no answer vocabulary (TaskData.answer_vocab)")
+    wrong = [a for a in vocab if not isinstance(a, str)]
+    if wrong:
+        raise ValueError(
+            f"dataset {data.dataset!r} ({data.kind}): answer_vocab holds a {type(wrong[0]).__name__} "
+            f"({wrong[0]!r}); answers are strings"
+        )
     if len(set(vocab)) != len(vocab):
         dup = next(a for a in vocab if vocab.count(a) > 1)
         raise ValueError(f"dataset {data.dataset!r} ({data.kind}): answer {dup!r} appears twice in answer_vocab")
@@ -146,6 +179,7 @@ class QATask(Task):
 
     def check_data(self, data: Any) -> None:
         super().check_data(data)
+        check_answers(data)
         check_vocab(data)
 
     def fixture(self, images: list[str]) -> dict[str, Any]:

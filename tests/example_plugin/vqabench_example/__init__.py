@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from PIL import Image
 from torch import nn
 
 from vqabench.config import EvalConfig, TrainConfig
+from vqabench.files import UnsafePathError, contained, describe_os_error
 from vqabench.hookspecs import hookimpl
 from vqabench.model import Stem, TaskModel
 from vqabench.registry import DatasetSpec, ModelSpec
@@ -43,6 +45,17 @@ class ExampleConfig:
     image_size: int = 16
     seed: int = 0
     annotators: int = 1  # human answers per colour question; with more, some name a wrong colour
+
+    def __post_init__(self) -> None:
+        # Refused before anything is generated: images=-1 would write an empty dataset into the cache.
+        for name, low, why in (
+            ("images", 6, "every split needs an image: images go to train, val and test by index % 6"),
+            ("image_size", 3, "a square is drawn at least a third of the image wide"),
+            ("seed", 0, "seeds are non-negative"),
+            ("annotators", 1, "every question needs an answer"),
+        ):
+            if getattr(self, name) < low:
+                raise ValueError(f"example-colors config: {name}={getattr(self, name)!r} must be >= {low} ({why})")
 
 
 def _generate(cfg: ExampleConfig, root: Path) -> None:
@@ -70,6 +83,8 @@ def _generate(cfg: ExampleConfig, root: Path) -> None:
         Image.fromarray(arr).save(tmp / "images" / f"t{i}.png")
         rows.append({"index": f"t{i}", "color": name, "domain": "target"})
     (tmp / "labels.json").write_text(json.dumps(rows))
+    if root.exists():  # a cache entry whose labels.json is gone is incomplete: replaced, not merged into
+        shutil.rmtree(root)
     os.replace(tmp, root)
 
 
@@ -87,18 +102,59 @@ def _color_answers(color: str, annotators: int, rng: np.random.Generator) -> tup
     return tuple(color if rng.random() > 0.2 else others[int(rng.integers(len(others)))] for _ in range(annotators))
 
 
+def _read_labels(root: Path) -> tuple[list[dict], list[str]]:
+    """The rows of ``labels.json`` and their image paths; ValueError naming the file, row and field.
+
+    How a dataset plugin reads its own tables: every row checked before it becomes a sample, and
+    every file name it gives resolved with ``vqabench.files.contained`` (a regular file inside root).
+    Rows are counted from 0, as JSON array indices.
+    """
+    path, fix = root / "labels.json", f"delete {root} to regenerate it"
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{describe_os_error(exc, path, 'reading')} (or {fix})") from None
+    except ValueError as exc:  # JSONDecodeError (line and column) or UnicodeDecodeError
+        raise ValueError(f"{path}: not valid UTF-8 JSON ({exc}); {fix}") from None
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"{path}: expected a non-empty list of rows; {fix}")
+    images, seen = [], set()
+    for n, r in enumerate(rows):
+        where = f"{path} row {n}"
+        if not isinstance(r, dict) or not {"index", "color"} <= set(r):
+            raise ValueError(f"{where}: expected an object with fields index and color, got {r!r:.80}; {fix}")
+        index, target = r["index"], r.get("domain") == "target"
+        ok = isinstance(index, str) and index[:1] == "t" and index[1:].isdigit() if target else _count(index)
+        if not ok:
+            expected = '"t<integer>"' if target else "an integer >= 0"
+            raise ValueError(f"{where} field index: {index!r} is not {expected}; {fix}")
+        if not isinstance(r["color"], str) or r["color"] not in COLORS:
+            raise ValueError(f"{where} field color: {r['color']!r} is not one of {', '.join(COLORS)}; {fix}")
+        if index in seen:
+            raise ValueError(f"{where} field index: {index!r} appears twice; {fix}")
+        seen.add(index)
+        try:
+            images.append(str(contained(root, f"images/{index}.png", where=f"{where} field index", must_exist=True)))
+        except UnsafePathError as exc:
+            raise ValueError(f"{exc}; {fix}") from None
+    return rows, images
+
+
+def _count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def load(cfg: ExampleConfig, kind: str, cache_dir: Path) -> TaskData:
     root = Path(cache_dir) / f"example-colors-{cfg.images}-{cfg.image_size}-{cfg.seed}-v2"
     if not (root / "labels.json").exists():
         _generate(cfg, root)
-    rows = json.loads((root / "labels.json").read_text())
+    rows, images = _read_labels(root)
     revision = hashlib.sha256((root / "labels.json").read_bytes()).hexdigest()[:16]
     names = list(COLORS)
     rng = np.random.default_rng([cfg.seed, cfg.annotators])
     splits: dict[str, list] = {"train": [], "val": [], "test": []}
-    for r in rows:
+    for r, img in zip(rows, images):
         split = _split(r)
-        img = str(root / "images" / f"{r['index']}.png")
         if kind in (TaskKind.VQA, TaskKind.ANSWERABILITY):
             answers = _color_answers(r["color"], cfg.annotators, rng)
             samples = [QASample(f"{r['index']}/color", img, "what color is the square?", answers, "color", "other")]

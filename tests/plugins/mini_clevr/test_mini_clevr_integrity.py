@@ -145,19 +145,19 @@ def test_malformed_lines_name_file_line_and_fix(tmp_path, tiny_root, tiny_option
     with pytest.raises(DatasetError) as err:
         load(config, TaskKind.VQA, tmp_path)
     message = str(err.value)
-    assert f"{root / 'questions' / 'val.jsonl'}, line 2: not valid JSON" in message
+    assert f"{root / 'questions' / 'val.jsonl'}:2: not valid JSON" in message
     assert f"delete {root} and run `vqabench data prepare mini-clevr --root {root}`" in message
 
     row = json.loads(lines[1])
     row["image_filename"] = "images/val/missing.png"
     _rewrite(root, "questions/val.jsonl", "\n".join([lines[0], json.dumps(row), *lines[2:]]) + "\n")
-    with pytest.raises(DatasetError, match=r"val.jsonl, line 2: image 'images/val/missing.png' is not part"):
+    with pytest.raises(DatasetError, match=r"val.jsonl:2 field image_filename: image 'images/val/missing.png' is not"):
         load(config, TaskKind.ANSWERABILITY, tmp_path)
 
     del row["question"]
     row["image_filename"] = json.loads(lines[1])["image_filename"]
     _rewrite(root, "questions/val.jsonl", "\n".join([lines[0], json.dumps(row), *lines[2:]]) + "\n")
-    with pytest.raises(DatasetError, match="line 2: missing field"):
+    with pytest.raises(DatasetError, match="val.jsonl:2: missing field"):
         load(config, TaskKind.VQA, tmp_path)
 
 
