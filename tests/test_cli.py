@@ -1,23 +1,10 @@
 import json
 
-from helpers import run_cli
+from helpers import run_cli, run_in
 
 
 def _run_example(tmp_path):
-    proc = run_cli(
-        "run",
-        "--models",
-        "example-bow",
-        "--tasks",
-        "example-colors/vqa",
-        "--out",
-        str(tmp_path / "runs"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--no-progress",
-        "--leaderboards",
-        str(tmp_path / "lb"),
-    )
+    proc = run_in(tmp_path, "example-bow", "example-colors/vqa", "--leaderboards", str(tmp_path / "lb"))
     assert proc.returncode == 0, proc.stderr
     return tmp_path / "runs"
 

@@ -48,6 +48,15 @@ FIELDS = [
 ]
 
 
+def _timed_epoch(prep: Any, opt: Any, max_steps: int | None, desc: str) -> Any:
+    """One timed pass over (at most ``max_steps`` of) the training split, batched as the cell is now."""
+    batches = prep.batches("train", True)
+    progress = prep.opts.progress
+    return train_epoch(
+        prep.model, batches, opt, None, prep.train, prep.device, max_steps=max_steps, progress=progress, desc=desc
+    )
+
+
 def bench(
     registry: Registry, infos: list[PluginInfo], opts: RunOptions, max_steps: int | None = None
 ) -> list[dict[str, Any]]:
@@ -83,17 +92,7 @@ def bench(
             # not timed either.
             warm = 3 if prep.compiled else 1
             train_epoch(model, prep.batches("train", True), opt, None, cfg, device, max_steps=warm)
-            plain = train_epoch(
-                model,
-                prep.batches("train", True),
-                opt,
-                None,
-                cfg,
-                device,
-                max_steps=max_steps,
-                progress=opts.progress,
-                desc="uncached",
-            )
+            plain = _timed_epoch(prep, opt, max_steps, "uncached")
             row.update(
                 train_steps=len(plain.losses),
                 uncached_epoch_s=plain.seconds,
@@ -114,17 +113,7 @@ def bench(
             row["cache"] = stem.name if not used else f"{stem.name} (not in runs: they augment with {', '.join(used)})"
             if opt is not None:
                 prep.features = features
-                cached = train_epoch(
-                    model,
-                    prep.batches("train", True),
-                    opt,
-                    None,
-                    cfg,
-                    device,
-                    max_steps=max_steps,
-                    progress=opts.progress,
-                    desc="cached",
-                )
+                cached = _timed_epoch(prep, opt, max_steps, "cached")
                 row.update(
                     cached_epoch_s=cached.seconds,
                     cached_speedup=row["uncached_epoch_s"] / cached.seconds,

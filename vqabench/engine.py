@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -480,7 +480,3 @@ def _fit_stage(
     result.train_images += stats_total["train_images"]
     result.train_samples += stats_total["train_samples"]
     return summary
-
-
-def result_dict(result: FitResult) -> dict[str, Any]:
-    return asdict(result)
