@@ -42,6 +42,26 @@ TINY_CLIP = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
+
+
+def save_tiny_clip_checkpoint(root: Path, model_cfg: dict | None = None) -> Path:
+    """A random open_clip CLIP saved as ``vqabench pretrain clip`` saves one: the safetensors state
+    dict beside an ``open_clip_config.json`` (open_clip's hub format); returns the checkpoint file."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from vqabench.weights import OPEN_CLIP_CONFIG, load_open_clip
+
+    cfg = model_cfg or TINY_CLIP
+    clip, _, mean, std, _ = load_open_clip("ViT-B-32", pretrained=False, checkpoint="", model_cfg=cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(root / "open_clip_model.safetensors"))
+    config = {"model_cfg": cfg, "preprocess_cfg": {"mean": list(mean), "std": list(std)}}
+    (root / OPEN_CLIP_CONFIG).write_text(json.dumps(config))
+    return root / "open_clip_model.safetensors"
+
+
 QUESTION_WORDS = (
     "what color is the how many are there objects object of left right red blue green yellow purple cyan "
     "circle square triangle pentagon small large ? a an"

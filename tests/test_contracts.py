@@ -21,6 +21,20 @@ from vqabench.vocab import AnswerTargets
 TINY_DATA = {"mini-clevr": {"images": 24, "image_size": 48, "zeroshot_per_class": 10}, "example-colors": {}}
 
 
+def _image_folder(root):
+    """A train/val/test folder tree of two classes, two images each."""
+    for split in ("train", "val", "test"):
+        for c, colour in (("red_square", (200, 30, 30)), ("blue_square", (30, 30, 200))):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((16, 16, 3), colour, dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return {"root": str(root)}
+
+
+# Datasets that read a user's files: their options after writing a small tree under the given path.
+TINY_FILES = {"image-folder": _image_folder}
+
+
 def _load():
     """Every installed plugin plus the example plugin (imported from its source folder)."""
     import importlib
@@ -55,7 +69,8 @@ def test_dataset_contract(registry, name, tmp_path):
     assert _frozen_dataclass(spec.config_cls) and spec.task_kinds
     for overrides in spec.profiles.values():
         apply_overrides(spec.config_cls(), overrides)
-    cfg = apply_overrides(spec.config_cls(), TINY_DATA[name])
+    options = TINY_FILES[name](tmp_path / "files") if name in TINY_FILES else TINY_DATA[name]
+    cfg = apply_overrides(spec.config_cls(), options)
     for kind in spec.task_kinds:
         task = get_task(kind)
         data = spec.load(cfg, kind, tmp_path)
@@ -88,11 +103,27 @@ def _four_samples(kind: str, root) -> TaskData:
     return data
 
 
+def _local_checkpoints(cfg, tmp_path):
+    """``cfg`` with each ``pretrain:`` reference replaced by a small random checkpoint of the same
+    form (the real one takes minutes to train), in the architecture the config asks for."""
+    from helpers import save_tiny_clip_checkpoint
+
+    from vqabench.pretrain import SCHEME
+
+    found = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, str) and value.startswith(SCHEME):
+            model_cfg = dict(getattr(cfg, "model_cfg", None) or {}) or None
+            found[f.name] = str(save_tiny_clip_checkpoint(tmp_path / "pretrained", model_cfg))
+    return dataclasses.replace(cfg, **found)
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY.models))
 def test_model_contract_on_four_samples(registry, name, tmp_path):
     spec = registry.model(name)
     assert _frozen_dataclass(spec.config_cls) and spec.display_name and spec.task_kinds
-    cfg = apply_overrides(spec.config_cls(), spec.profiles.get("quick", {}))
+    cfg = _local_checkpoints(apply_overrides(spec.config_cls(), spec.profiles.get("quick", {})), tmp_path)
     recipe = train_config(cfg)
     assert recipe is None or dataclasses.is_dataclass(recipe)
     for overrides in spec.tags.values():

@@ -22,6 +22,7 @@ from vqabench.device import device_name, peak_memory, pick_device, reset_peak_me
 from vqabench.features import cache_for, text_cache_for
 from vqabench.images import ImageStore
 from vqabench.model import compile_methods, count_parameters
+from vqabench.pretrain import resolve_references
 from vqabench.registry import DatasetSpec, ModelRef, ModelSpec
 from vqabench.results import SCHEMA_VERSION
 from vqabench.tasks import TaskData, get_task
@@ -61,6 +62,8 @@ class Cell:
     dataset: DatasetSpec
     kind: str
     dataset_plugin: str | None = None  # the plugin the user picked with PLUGIN:DATASET, if any
+    # The registry the cell was planned from: resolves ``pretrain:`` references in its config.
+    registry: Any = field(default=None, compare=False, repr=False)
 
     @property
     def task(self) -> Task:
@@ -171,16 +174,24 @@ def augmentations(cell: Cell, data: TaskData, names: Sequence[str]) -> tuple[lis
     return used, {a: f"changes answers on {data.dataset}" for a in names if a in unsafe}
 
 
-def build_model(cell: Cell, mcfg: Any, data: TaskData, device: torch.device, seed: int) -> tuple[Any, list[str]]:
+def build_model(
+    cell: Cell, mcfg: Any, data: TaskData, device: torch.device, opts: RunOptions
+) -> tuple[Any, list[str], dict[str, Any]]:
     """The cell's model, seeded, on ``device`` (channels-last on a GPU, peak memory counted from
-    here), with the methods ``train.compile`` asks for compiled; returns (model, their names)."""
-    torch.manual_seed(seed)
+    here), with the methods ``train.compile`` asks for compiled; returns (model, their names, the
+    pretrainings its ``pretrain:`` references resolved to, by config field)."""
+    pretrained: dict[str, Any] = {}
+    if cell.registry is not None:  # pretraining (first use only) comes before the seeded build
+        mcfg, pretrained = resolve_references(
+            cell.registry, mcfg, cache_dir=opts.cache_dir, device=device, progress=opts.progress
+        )
+    torch.manual_seed(opts.seed)
     reset_peak_memory(device)
     model = cell.model.build(mcfg, data, device).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     train = train_config(mcfg)
-    return model, compile_methods(model) if train is not None and train.compile else []
+    return model, compile_methods(model) if train is not None and train.compile else [], pretrained
 
 
 @dataclass
@@ -204,6 +215,7 @@ class Prepared:
     text_features: Any = None
     cached: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # the record's "warnings" (see vocab_warnings)
+    pretrained: dict[str, Any] = field(default_factory=dict)  # resolved ``pretrain:`` references
 
     @property
     def task(self) -> Task:
@@ -279,7 +291,7 @@ def prepare(cell: Cell, opts: RunOptions, mcfg: Any, dcfg: Any, data: TaskData) 
         if not samples:
             raise ValueError(f"dataset {data.dataset!r} ({data.kind}): split {name!r} is empty")
     device = pick_device(opts.device)
-    model, compiled = build_model(cell, mcfg, data, device, opts.seed)
+    model, compiled, pretrained = build_model(cell, mcfg, data, device, opts)
     check_lr_groups(cell, opts, mcfg, model)  # needs the model's groups; before images are decoded
     task = cell.task
     paths = [task.image_of(s) for v in splits.values() for s in v]
@@ -297,6 +309,7 @@ def prepare(cell: Cell, opts: RunOptions, mcfg: Any, dcfg: Any, data: TaskData) 
     answers = AnswerTargets(data.answer_vocab, data.vqa_mode) if data.answer_vocab else None
     prep = Prepared(cell, opts, mcfg, dcfg, data, splits, model, compiled, device, store, used, disabled, answers)
     prep.warnings = vocab_warnings(prep)
+    prep.pretrained = pretrained
     if train is None:
         prep.refresh_features()  # a trained model gets them per stage (streams)
     return prep
@@ -385,6 +398,7 @@ def build_record(
         },
         "config_hash": config_hash,
         "weights": prep.model.weights,
+        "pretrained": prep.pretrained,
         "partial": opts.limit is not None,
         "limit": opts.limit,
         "sample_ids": {s: [x.id for x in v] for s, v in prep.splits.items()} if opts.limit is not None else None,

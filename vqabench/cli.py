@@ -80,13 +80,25 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             names("task", i.tasks),
             names("dataset", i.datasets),
             names("model", i.models),
+            names("pretrainer", i.pretrainers),
             i.error or "",
         ]
         for i in infos
     ]
     print(
         tabulate(
-            rows, headers=["plugin", "distribution", "version", "status", "task kinds", "datasets", "models", "error"]
+            rows,
+            headers=[
+                "plugin",
+                "distribution",
+                "version",
+                "status",
+                "task kinds",
+                "datasets",
+                "models",
+                "pretrain",
+                "error",
+            ],
         )
     )
     if registry.conflicts:
@@ -240,6 +252,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import json
+
+    from vqabench.plugins import load_plugins
+    from vqabench.pretrain import ensure
+
+    registry, _ = load_plugins()
+    done = ensure(
+        registry,
+        args.name,
+        args.data,
+        cache_dir=Path(args.cache_dir or default_cache()),
+        overrides=_pairs(args.set, "--set"),
+        device=args.device,
+        force=args.force,
+        progress=not args.no_progress,
+    )
+    print(json.dumps({"path": str(done.artifact), "key": done.key, **done.summary()["evaluation"]}, indent=2))
+    print(
+        f"\nrecord: {done.path / 'record.json'}; models load it with --set checkpoint=pretrain:{args.name}/{args.data}"
+    )
+    return 0
+
+
 def cmd_cache_clear(args: argparse.Namespace) -> int:
     from vqabench.features import clear
 
@@ -334,9 +370,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(fn=cmd_bench)
 
+    pt = sub.add_parser("pretrain", help="pretrain a model once (content-addressed in the cache), e.g. clip")
+    pt.add_argument("name", help="a registered pretraining recipe (vqabench plugins lists them)")
+    pt.add_argument("--data", required=True, help="the dataset to pretrain on, e.g. mini-clevr")
+    pt.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe config field (repeatable)")
+    pt.add_argument("--device", default="auto")
+    pt.add_argument("--cache-dir", default=None)
+    pt.add_argument("--force", action="store_true", help="train again even when the cache holds it")
+    pt.add_argument("--no-progress", action="store_true")
+    pt.set_defaults(fn=cmd_pretrain)
+
     cc = sub.add_parser("cache", help="cache commands").add_subparsers(dest="cache_command", required=True)
-    cl = cc.add_parser("clear", help="delete cached features, decoded images or generated data")
-    cl.add_argument("what", nargs="?", default="features", choices=["features", "images", "data", "all"])
+    cl = cc.add_parser("clear", help="delete cached features, decoded images, pretrainings or generated data")
+    cl.add_argument("what", nargs="?", default="features", choices=["features", "images", "pretrained", "data", "all"])
     cl.add_argument("--cache-dir", default=None)
     cl.set_defaults(fn=cmd_cache_clear)
 

@@ -56,9 +56,9 @@ def create_model(
         model_overrides=dict(overrides or {}),
         data_overrides=dict(data_overrides or {}),
     )
-    cell = Cell(ref, spec, ds, task.name, split_plugin(dataset)[0])
+    cell = Cell(ref, spec, ds, task.name, split_plugin(dataset)[0], registry)
     mcfg, dcfg = resolve(cell, opts)
     check_recipe(cell, mcfg)
     data = ds.load(dcfg, task.name, opts.cache_dir)
-    model, _ = build_model(cell, mcfg, data, pick_device(device), seed)
+    model, _, _ = build_model(cell, mcfg, data, pick_device(device), opts)
     return model

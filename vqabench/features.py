@@ -412,23 +412,27 @@ def _fill(directory: Path | None, chunks: Iterator[Chunk], n: int, dtype: Any) -
 
 
 def clear(cache_dir: Path, what: str = "features") -> list[Path]:
-    """Delete one part of the cache ("features", "images", "data" or "all"); return what went.
+    """Delete one part of the cache ("features", "images", "pretrained", "data" or "all"); return what went.
 
-    "features" is the directory of feature entries (image and text), one directory each.
+    "features" is the directory of feature entries (image and text), one directory each;
+    "pretrained" the pretrainings (``vqabench pretrain``); "data" everything else.
     """
     parts = {
         "features": ["features"],
         "images": ["images"],
+        "pretrained": ["pretrained"],
         "all": [p.name for p in cache_dir.iterdir()] if cache_dir.exists() else [],
     }
     if what == "data":
         names = (
-            [p.name for p in cache_dir.iterdir() if p.name not in ("features", "images")] if cache_dir.exists() else []
+            [p.name for p in cache_dir.iterdir() if p.name not in ("features", "images", "pretrained")]
+            if cache_dir.exists()
+            else []
         )
     elif what in parts:
         names = parts[what]
     else:
-        raise ValueError(f"unknown cache part {what!r}; choose features, images, data or all")
+        raise ValueError(f"unknown cache part {what!r}; choose features, images, pretrained, data or all")
     removed = []
     for name in names:
         path = cache_dir / name

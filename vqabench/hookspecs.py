@@ -25,3 +25,8 @@ def register_datasets(register):
 @hookspec
 def register_models(register):
     """Register models: call ``register(ModelSpec(...))`` once per model variant."""
+
+
+@hookspec
+def register_pretrainers(register):
+    """Register pretraining recipes: call ``register(PretrainSpec(...))`` once per recipe."""

@@ -1,7 +1,7 @@
 """Markdown leaderboards from result records, in the layout of the reports' result tables.
 
 ``render`` is a pure function from records to Markdown text; ``write`` adds the files and the
-training-curve PNGs. One file per dataset, one table per (task kind, profile).
+training-curve PNGs. One file per dataset, one table per (task kind, profile), followed by the sections the kind adds.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     extra = _extra_splits(records)
     qtypes = sorted({k for r in records for k in r["final"].get("test", {}) if prefix and k.startswith(prefix)})
     # Optional metrics (CLIPScore without a scorer, top-5 under five classes) get no empty column.
-    columns = list(task.columns) or [(primary, primary)]
+    columns = task.columns_for(records) or [(primary, primary)]
     present = [(k, t) for k, t in columns if k == primary or any(k in r["final"].get("test", {}) for r in records)]
     val_title = "Val Acc ({} ep)" if primary == "vqa_accuracy" else f"Val {primary} ({{}} ep)"
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -172,6 +172,7 @@ def render(records: Iterable[dict[str, Any]], curves: dict[tuple[str, str], str]
             lines += ["", table(rs).to_markdown(index=False, disable_numparse=True), ""]
             if curves and (kind, profile) in curves.get(dataset, {}):
                 lines += [f"![training curves]({curves[dataset][(kind, profile)]})", ""]
+            lines += get_task(kind).sections(rs)  # the kind's own tables (zeroshot: per-prompt scores)
         out[dataset] = "\n".join(lines)
     return out
 

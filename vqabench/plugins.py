@@ -44,6 +44,7 @@ def _collect(pm: pluggy.PluginManager, plugin: object, info: PluginInfo, registr
 
             impl.function(register=register)
     registry.tasks, registry.datasets, registry.models = staged.tasks, staged.datasets, staged.models
+    registry.pretrainers = staged.pretrainers
     registry.owner, registry.conflicts = staged.owner, staged.conflicts
 
 
@@ -89,12 +90,17 @@ def load_plugins(extra: dict[str, object] | None = None) -> tuple[Registry, list
             info.error = error
     for info, plugin in registered:
         try:
-            hooks = [("dataset", "register_datasets", info.datasets), ("model", "register_models", info.models)]
+            hooks = [
+                ("dataset", "register_datasets", info.datasets),
+                ("model", "register_models", info.models),
+                ("pretrainer", "register_pretrainers", info.pretrainers),
+            ]
             _collect(pm, plugin, info, registry, hooks)
         except Exception as exc:
             info.error = f"{type(exc).__name__}: {exc}"
             info.datasets.clear()
             info.models.clear()
+            info.pretrainers.clear()
     for info in infos:
         if info.error:
             warnings.warn(

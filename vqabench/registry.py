@@ -1,4 +1,4 @@
-"""What plugins register (datasets and models) and the validated registry that holds them."""
+"""What plugins register (datasets, models, pretraining recipes) and the validated registry that holds them."""
 
 from __future__ import annotations
 
@@ -65,6 +65,24 @@ class ModelSpec:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class PretrainSpec:
+    """A pretraining recipe, as a plugin registers it (``vqabench pretrain NAME --data DATASET``).
+
+    ``run(config, ctx)`` trains on ``ctx.load(kind)`` data (kinds from ``task_kinds``), writes its
+    files into ``ctx.out`` (``artifact`` among them: the file a ``pretrain:NAME/DATASET`` reference
+    resolves to) and returns the body of its record (curves, evaluation). ``config_cls`` is a frozen
+    dataclass: one recipe serves every run profile. See ``vqabench.pretrain``.
+    """
+
+    name: str
+    task_kinds: tuple[str, ...]
+    config_cls: type
+    run: Callable[[Any, Any], dict[str, Any]]
+    artifact: str
+    description: str = ""
+
+
 # ``PLUGIN:NAME`` picks the plugin (its entry-point name) when two plugins register NAME. ':' is
 # free: names cannot hold it, ``/`` already separates DATASET/KIND and ``@`` a weights tag, and
 # ``--set SCOPE:KEY=VALUE`` splits at its last ':' (config keys hold none), so a scope may be
@@ -121,6 +139,7 @@ class PluginInfo:
     datasets: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
+    pretrainers: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -154,6 +173,7 @@ class Registry:
         self.tasks: dict[str, Task] = dict(builtin_tasks())
         self.datasets: dict[str, DatasetSpec] = {}
         self.models: dict[str, ModelSpec] = {}
+        self.pretrainers: dict[str, PretrainSpec] = {}
         self.owner: dict[tuple[str, str], str] = {}
         # (what, name) -> {plugin: spec} for every name more than one plugin registers.
         self.conflicts: dict[tuple[str, str], dict[str, Any]] = {}
@@ -164,12 +184,15 @@ class Registry:
         """A copy whose tables can change without touching this one (a plugin's staged work)."""
         out = Registry()
         out.tasks, out.datasets, out.models = dict(self.tasks), dict(self.datasets), dict(self.models)
+        out.pretrainers = dict(self.pretrainers)
         out.owner, out.plugins = dict(self.owner), dict(self.plugins)
         out.conflicts = {k: dict(v) for k, v in self.conflicts.items()}
         return out
 
     def _table(self, what: str) -> dict[str, Any]:
-        return {"task": self.tasks, "dataset": self.datasets, "model": self.models}[what]
+        return {"task": self.tasks, "dataset": self.datasets, "model": self.models, "pretrainer": self.pretrainers}[
+            what
+        ]
 
     def claims(self, what: str, name: str) -> dict[str, Any]:
         """{plugin: spec} of every plugin that registers ``name`` (empty when none does)."""
@@ -207,9 +230,9 @@ class Registry:
             raise ValueError(f"plugin {plugin!r}: task kind {task.name!r}: primary_metric must be one of metric_names")
         self._claim("task", task.name, task, plugin)
 
-    def add(self, what: str, spec: DatasetSpec | ModelSpec, plugin: str) -> None:
+    def add(self, what: str, spec: DatasetSpec | ModelSpec | PretrainSpec, plugin: str) -> None:
         """Add one spec; raise ValueError naming the plugin on a bad registration or a repeat by it."""
-        expected = DatasetSpec if what == "dataset" else ModelSpec
+        expected = {"dataset": DatasetSpec, "model": ModelSpec, "pretrainer": PretrainSpec}[what]
         if not isinstance(spec, expected):
             raise ValueError(f"plugin {plugin!r} registered a {type(spec).__name__}, expected {expected.__name__}")
         _check_name(plugin, what, spec.name)
@@ -277,6 +300,10 @@ class Registry:
     def model(self, name: str) -> ModelSpec:
         """The model ``NAME`` or ``PLUGIN:NAME``; KeyError when unknown, NameConflictError when ambiguous."""
         return self._lookup("model", name)
+
+    def pretrainer(self, name: str) -> PretrainSpec:
+        """The pretraining recipe ``NAME`` or ``PLUGIN:NAME``."""
+        return self._lookup("pretrainer", name)
 
     def plugin_of(self, what: str, name: str) -> str | None:
         """The plugin that provides ``NAME`` or ``PLUGIN:NAME`` (None when unknown or ambiguous)."""

@@ -37,6 +37,8 @@ RECORD_FIELDS = {
     "config": "resolved model (train / eval recipe included), dataset and scoring configuration",
     "config_hash": "hash of config, profile, seed and limit: a rerun with the same hash is skipped",
     "weights": "weights used: a pretrained tag or 'random init', and what trained",
+    "pretrained": "{config field: {'reference', 'key', 'path', 'evaluation'}} for each pretrain:NAME/DATASET "
+    "reference the model config resolved (a pretraining run by vqabench itself); {} when none",
     "partial": "true when --limit sampled the data; then 'limit' and 'sample_ids' say how",
     "augmentations": "{'used': [...], 'disabled': {name: reason}}",
     "cached": "{'image': cached stem or null, 'text': cached text encoder or null, 'off': why the image cache was off}",

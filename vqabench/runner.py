@@ -75,7 +75,7 @@ def plan(registry: Registry, opts: RunOptions) -> tuple[list[Cell], list[Skipped
                 elif opts.profile in spec.skip_profiles:
                     skipped.append(Skipped(str(ref), task, spec.skip_profiles[opts.profile]))
                 else:
-                    cells.append(Cell(ref, spec, ds, kind, ds_plugin))
+                    cells.append(Cell(ref, spec, ds, kind, ds_plugin, registry))
     return cells, skipped
 
 

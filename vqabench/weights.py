@@ -209,13 +209,20 @@ def load_open_clip(
     """
     import open_clip
 
-    cfg = open_clip_config(arch, model_cfg)
     tag = open_clip.get_pretrained_cfg(arch, checkpoint) if checkpoint else {}
+    saved = _saved_config(checkpoint) if pretrained and not tag else None
+    if saved is not None:
+        # A checkpoint saved with its open_clip_config.json (as on the hub, and as ``vqabench
+        # pretrain`` writes them) defines its own architecture; ``model_cfg`` only adjusts it.
+        cfg = _merge(saved["model_cfg"], model_cfg or {})
+    else:
+        cfg = open_clip_config(arch, model_cfg)
+    preprocess = (saved or {}).get("preprocess_cfg") or tag
     # OpenAI weights were trained with QuickGELU; the tag says so, the plain arch config does not.
     kwargs: dict[str, Any] = dict(cfg, force_quick_gelu=bool(tag.get("quick_gelu", False)))
     kwargs["force_custom_text"] = bool(kwargs.pop("custom_text", False))
-    mean = tuple(tag.get("mean", open_clip.OPENAI_DATASET_MEAN))
-    std = tuple(tag.get("std", open_clip.OPENAI_DATASET_STD))
+    mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
     custom = ", custom config" if _is_resized(arch, cfg) else ""
     if not pretrained:
         file, description = None, f"random init ({arch}{custom})"
@@ -228,7 +235,10 @@ def load_open_clip(
             file = _url_file(tag["url"], os.path.expanduser("~/.cache/clip"), what, fix)
         description = f"{checkpoint} (pretrained)"
     elif Path(checkpoint).expanduser().is_file():
-        file, description = str(Path(checkpoint).expanduser()), f"{arch} ({Path(checkpoint).name})"
+        from vqabench.pretrain import describe
+
+        file = str(Path(checkpoint).expanduser())
+        description = describe(file) or f"{arch} ({Path(checkpoint).name})"
     else:
         from vqabench.registry import did_you_mean
 
@@ -245,6 +255,27 @@ def load_open_clip(
         model = open_clip.create_model(arch, pretrained=file, **kwargs)
     tokenizer = open_clip.get_tokenizer(arch, context_length=cfg["text_cfg"].get("context_length"))
     return model, tokenizer, mean, std, description
+
+
+OPEN_CLIP_CONFIG = "open_clip_config.json"  # open_clip's hub format: {"model_cfg": ..., "preprocess_cfg": ...}
+
+
+def _saved_config(checkpoint: str) -> dict[str, Any] | None:
+    """The ``open_clip_config.json`` next to a local checkpoint file, when there is one."""
+    import json
+
+    if not checkpoint:
+        return None
+    path = Path(checkpoint).expanduser().parent / OPEN_CLIP_CONFIG
+    if not Path(checkpoint).expanduser().is_file() or not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WeightsUnavailable(f"{path}: unreadable open_clip config ({exc}); fix or delete it") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model_cfg"), dict):
+        raise WeightsUnavailable(f"{path}: has no model_cfg object (open_clip's hub format); fix or delete it")
+    return saved
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from typing import Any
 from vqabench.config import config_hash, to_jsonable
 
 # Bump when a change to the generator changes any output byte: it is part of the cache key.
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 
 REFERENCE_SIZE = 224  # radii and clearance are given in pixels at this image size
 SHAPES = ("circle", "square", "triangle", "pentagon")
@@ -53,6 +53,9 @@ class MiniClevrConfig:
     unanswerable_fraction: float = 0.1
     captions_per_image: int = 5
     zeroshot_per_class: int = 50  # single-object images per "<colour> <shape>" class
+    # Not in the report: the zero-shot set is split on its own, mostly into test, since zero-shot
+    # models only evaluate (train serves a linear probe or a pretraining corpus).
+    zeroshot_split_fractions: tuple[float, float, float] = (0.2, 0.2, 0.6)
     # Target domain: every val/test scene plus this fraction of the train scenes, restyled.
     target_train_fraction: float = 0.1
     png_compress_level: int = 1
@@ -90,7 +93,10 @@ class MiniClevrConfig:
             raise bad("unanswerable_fraction", "must be at most 0.25 (one per image at most)")
         if self.captions_per_image < 1:
             raise bad("captions_per_image", "must be >= 1")
-        if min(split_sizes(self.zeroshot_per_class, fractions)) < 1:
+        shot_fractions = self.zeroshot_split_fractions
+        if len(shot_fractions) != 3 or min(shot_fractions) <= 0 or abs(sum(shot_fractions) - 1) > 1e-6:
+            raise bad("zeroshot_split_fractions", "must be three positive numbers summing to 1")
+        if min(split_sizes(self.zeroshot_per_class, shot_fractions)) < 1:
             raise bad("zeroshot_per_class", "is too small to give every split one image per class")
         if not 0 <= self.png_compress_level <= 9:
             raise bad("png_compress_level", "must lie in [0, 9]")

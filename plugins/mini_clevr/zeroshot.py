@@ -6,10 +6,10 @@ from vqabench_plugins.mini_clevr.config import COLORS, SHAPES, MiniClevrConfig, 
 
 CLASS_NAMES: tuple[str, ...] = tuple(f"{color} {shape}" for color in COLORS for shape in SHAPES)
 
-# Report 003's six prompts first, then CLIP-style ones. Each is filled with
-# ``template.format(class_name)`` (vqabench.metrics.zeroshot.class_embeddings), so report 003's
-# "{object} x5" is written "{0} ..." five times: a bare "{} {} {} {} {}" would need five arguments.
-REPORT_003_TEMPLATES: tuple[str, ...] = (
+# Report 003's six prompts, the dataset's templates. Each holds ``{}`` (or ``{0}``) where the class
+# name goes; report 003's "{object} x5" is written "{0} ..." five times: a bare "{} {} {} {} {}"
+# would need five arguments.
+TEMPLATES: tuple[str, ...] = (
     "{}",
     "{0} {0} {0} {0} {0}",
     "a photo of a {}.",
@@ -17,19 +17,12 @@ REPORT_003_TEMPLATES: tuple[str, ...] = (
     "This is not a photo of {}",
     "No {}, no score.",
 )
-TEMPLATES: tuple[str, ...] = REPORT_003_TEMPLATES + (
-    "a rendering of a {}.",
-    "a drawing of a {}.",
-    "a photo of the {}.",
-    "an illustration of a {}.",
-    "a low resolution photo of a {}.",
-)
 
 
 def plan(config: MiniClevrConfig) -> list[tuple[int, str, int]]:
     """(image index, split, label) of every zero-shot image; each split holds every class equally."""
     items = []
-    per_split = split_sizes(config.zeroshot_per_class, config.split_fractions)
+    per_split = split_sizes(config.zeroshot_per_class, config.zeroshot_split_fractions)
     for split, per_class in zip(("train", "val", "test"), per_split):
         for _ in range(per_class):
             items += [(len(items) + label, split, label) for label in range(len(CLASS_NAMES))]

@@ -37,6 +37,26 @@ def zero_shot_metrics(logits: np.ndarray, labels: Sequence[int]) -> dict[str, fl
     return result
 
 
+def attribute_accuracy(logits: np.ndarray, labels: Sequence[int], values: Sequence[str]) -> float:
+    """Return the fraction of rows whose predicted class has the same attribute value as the true class.
+
+    ``values[c]`` is the attribute value (e.g. the colour) of class ``c``. The predicted class is
+    the argmax of a row; ties go to the lower class index, as in ``zero_shot_metrics``.
+    """
+    scores = np.asarray(logits)
+    if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise ValueError(f"logits must be a non-empty [N, C] array, got shape {scores.shape}")
+    targets = np.asarray(labels)
+    if targets.shape != (scores.shape[0],):
+        raise ValueError(f"labels has {targets.size} items but logits has {scores.shape[0]} rows")
+    if len(values) != scores.shape[1]:
+        raise ValueError(f"values has {len(values)} items but logits has {scores.shape[1]} classes")
+    if targets.min() < 0 or targets.max() >= scores.shape[1]:
+        raise ValueError(f"labels must lie in [0, {scores.shape[1]}) to index the logits columns")
+    predicted = np.argmax(scores, axis=1)
+    return float(np.mean([values[p] == values[t] for p, t in zip(predicted, targets)]))
+
+
 def class_embeddings(
     encode_text: Callable[[list[str]], torch.Tensor],
     class_names: Sequence[str],

@@ -102,6 +102,8 @@ class TaskData:
     vocab_rule: str = ""  # how answer_vocab was built (see vqabench.vocab), shown in records
     class_names: list[str] | None = None  # zeroshot
     templates: list[str] | None = None  # zeroshot prompt templates, with "{}" for the class name
+    # zeroshot: per attribute name (e.g. "colour"), the attribute value of each class, aligned with class_names
+    class_attributes: dict[str, list[str]] | None = None
     vqa_mode: str = "vqa"  # "vqa" (official) or "vizwiz" normalisation
     unsafe_augmentations: frozenset[str] = field(default_factory=frozenset)
     extra: dict[str, Any] = field(default_factory=dict)  # anything a plugin-registered kind needs

@@ -133,6 +133,14 @@ class Task:
     def produces(self) -> str:
         return ", ".join([*self.metric_names, "val_loss"])
 
+    def columns_for(self, records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+        """The leaderboard columns (metric key, title) of a table of ``records`` (default: ``columns``)."""
+        return list(self.columns)
+
+    def sections(self, records: Sequence[dict[str, Any]]) -> list[str]:
+        """Markdown lines the leaderboard adds after the kind's table of ``records`` (default: none)."""
+        return []
+
     def check_best_metric(self, name: str) -> Metric:
         """The best-checkpoint metric (default: the primary one); fails naming what the kind produces."""
         name = name or self.primary_metric
