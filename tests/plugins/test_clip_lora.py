@@ -67,8 +67,13 @@ def test_defaults_are_report_000():
         15,
     )
     assert cfg.train.augment == ()
-    q = quick()
-    assert (q.pretrained, q.train.batch_size) == (False, 64)
+    q = quick()  # the paper recipe on the CLIP pretrained on Mini-CLEVR (4 blocks: LoRA on 2-3)
+    assert (q.pretrained, q.checkpoint, q.lora_blocks, q.train.batch_size) == (
+        True,
+        "pretrain:clip/mini-clevr",
+        (2, 3),
+        64,
+    )
 
 
 # --- parameter counts --------------------------------------------------------------------------
@@ -153,8 +158,8 @@ def test_text_lora_is_available_and_counted():
     check_gradients(model, make_batch(32, 4))
 
 
-def test_quick_trains_both_random_towers_whole_without_lora():
-    model = build_clip_lora(quick(), vocab(MINI_CLEVR_ANSWERS))
+def test_random_tag_on_quick_trains_both_towers_whole_without_lora():
+    model = build_clip_lora(apply_overrides(quick(), {"pretrained": False}), vocab(MINI_CLEVR_ANSWERS))
     assert not lora_parameters(model)
     assert set(model.param_groups()) == {"head", "backbone"}
     assert all(p.requires_grad for p in model.parameters())
