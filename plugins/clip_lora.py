@@ -52,7 +52,7 @@ from vqabench.registry import ModelSpec
 from vqabench.tasks import TaskData, TaskKind
 from vqabench.tasks.qa import QABatch
 from vqabench.transfer import to_device
-from vqabench.weights import QUICK_FIX, load_open_clip
+from vqabench.weights import QUICK_FIX, clip_image_size, load_open_clip
 
 
 def _recipe() -> TrainConfig:
@@ -107,8 +107,7 @@ class CLIPLoRA(TaskModel):
         if not getattr(clip.visual.transformer, "batch_first", True):
             raise ValueError("clip-lora needs an open_clip vision tower with batch_first blocks")
         self.answer_vocab = list(answer_vocab)
-        size = clip.visual.image_size
-        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.image_size = clip_image_size(clip)
         self.label_smoothing = cfg.train.label_smoothing
         self.weights = weights
         self.normalize = Normalize(mean, std)
@@ -290,6 +289,9 @@ def register_models(register):
             config_cls=CLIPLoRAConfig,
             build=build,
             profiles=PROFILES,
+            # No checkpoint: random towers need none, and the quick profile's pretrain: reference
+            # would otherwise be pretrained first, only to be ignored.
+            tags={"random": {"pretrained": False, "checkpoint": ""}},
             description=(
                 "CLIP ViT-B/32 (OpenAI), frozen, LoRA r=8 on visual blocks 10-11; fusion head as ResNet-SBERT "
                 "(report 000 s3)"

@@ -41,7 +41,7 @@ from vqabench.images import ImageStore
 from vqabench.layers import Normalize
 from vqabench.registry import PretrainSpec
 from vqabench.tasks import TaskKind, get_task
-from vqabench.weights import OPEN_CLIP_CONFIG, load_open_clip
+from vqabench.weights import OPEN_CLIP_CONFIG, clip_image_size, load_open_clip
 
 ARTIFACT = "open_clip_model.safetensors"
 
@@ -112,8 +112,7 @@ def run(cfg: CLIPPretrainConfig, ctx: Any) -> dict[str, Any]:
     model, tokenizer, mean, std, _ = load_open_clip(cfg.arch, pretrained=False, checkpoint="", model_cfg=cfg.model_cfg)
     model = model.to(ctx.device)
     normalize = Normalize(mean, std).to(ctx.device)
-    size = model.visual.image_size
-    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    size = clip_image_size(model)
 
     paths, captions = _corpus(cfg, ctx)
     shots = ctx.load(TaskKind.ZEROSHOT)

@@ -33,7 +33,7 @@ from vqabench.model import Stem, TaskModel
 from vqabench.registry import ModelSpec
 from vqabench.tasks import TaskData, TaskKind
 from vqabench.tasks.zeroshot import ImageBatch
-from vqabench.weights import QUICK_FIX, load_open_clip
+from vqabench.weights import QUICK_FIX, clip_image_size, load_open_clip
 
 LOGIT_SCALE = 100.0  # CLIP's trained temperature, as open_clip's zero-shot evaluation uses it
 NAMED_TEMPLATES = ("dataset", "openai", "simple")
@@ -91,8 +91,7 @@ class CLIPZeroShot(TaskModel):
 
     def __init__(self, clip: nn.Module, mean: Sequence[float], std: Sequence[float], weights: str):
         super().__init__()
-        size = clip.visual.image_size
-        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.image_size = clip_image_size(clip)
         self.weights = weights
         self.normalize = Normalize(mean, std)
         self.visual = clip.visual

@@ -132,6 +132,7 @@ def make_batch(size: int, answers: int, seed: int = 0) -> QABatch:
         labels=torch.tensor([0, 1, 2, answers - 1]),
         answerable=torch.ones(4),
         question_types=["query_color", "count", "query_color", "left_of"],
+        answer_types=["other", "number", "other", "yes/no"],
     )
 
 

@@ -69,13 +69,23 @@ def _small_clip_lora(spec, sbert: str):
     return model
 
 
+def _small_clip_linear(spec, sbert):
+    from vqabench_plugins.clip_linear import VIZWIZ_ANSWER_TYPES, build_clip_linear
+
+    # Random frozen towers (the quick profile would first pretrain the Mini-CLEVR CLIP).
+    cfg = dataclasses.replace(
+        spec.config_cls(), arch="ViT-B-32", model_cfg=TINY_CLIP, pretrained=False, checkpoint="", hidden=32
+    )
+    return build_clip_linear(cfg, VOCAB, list(VIZWIZ_ANSWER_TYPES))
+
+
 # Models of other kinds whose family tests check the same contract on their own batches.
 OWN_CACHE_TEST = {
     "clip-zeroshot": "tests/plugins/test_clip_zeroshot.py::test_cached_stem_features_give_the_same_predictions"
 }
 
 # Paper architectures, small and random, per family; other families use their quick profile.
-SMALL = {"resnet-sbert": _small_resnet_sbert, "clip-lora": _small_clip_lora}
+SMALL = {"resnet-sbert": _small_resnet_sbert, "clip-lora": _small_clip_lora, "clip-linear": _small_clip_linear}
 
 
 def _data(kind: TaskKind, root) -> TaskData:
@@ -118,6 +128,7 @@ def _batch(store: ImageStore, features: FeatureStore | None) -> QABatch:
         labels=torch.from_numpy(rng.integers(0, len(VOCAB), size=n)),
         answerable=torch.ones(n),
         question_types=["t"] * n,
+        answer_types=["other"] * n,
         image_features=cached,
     )
 
@@ -129,7 +140,8 @@ def _outputs(model, batch: QABatch, state: dict) -> dict:
     loss = model.loss(batch).item()
     model.eval()
     with torch.no_grad():
-        logits = model(batch).float()
+        out = model(batch)  # the answer logits, or a tuple of heads with them first (clip-linear)
+        logits = (out[0] if isinstance(out, tuple) else out).float()
     preds = model.predict(batch)
     return {"loss": loss, "logits": logits, "preds": preds}
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from vqabench_plugins.vizwiz_fixture import write_fixture
 
 from vqabench.config import apply_overrides, train_config
 from vqabench.data import Batches, ImageStore
@@ -32,7 +33,10 @@ def _image_folder(root):
 
 
 # Datasets that read a user's files: their options after writing a small tree under the given path.
-TINY_FILES = {"image-folder": _image_folder}
+TINY_FILES = {
+    "image-folder": _image_folder,
+    "vizwiz": lambda root: {"root": str(write_fixture(root, train=10, val=4, test=2, image_size=16))},
+}
 
 
 def _load():

@@ -64,7 +64,7 @@ def test_index_zero_is_the_most_frequent_answer():
 
 
 def test_unknown_rule_names_the_rules():
-    with pytest.raises(ValueError, match=r"unknown vocabulary rule 'most'; choose all or top"):
+    with pytest.raises(ValueError, match=r"unknown vocabulary rule 'most'; choose all, top or confident"):
         answer_vocabulary(TRAIN, "most")
 
 
@@ -179,3 +179,17 @@ def test_coverage_is_the_accuracy_ceiling_of_the_hard_target():
     t = AnswerTargets(VOCAB)
     best = [vqa_score(VOCAB[t.hard(s.answers)], list(s.answers)) if t.hard(s.answers) >= 0 else 0 for s in samples]
     assert sum(b >= 1.0 for b in best) / len(samples) == coverage(samples, VOCAB)
+
+
+def test_confident_rule_takes_each_question_s_most_frequent_sure_answer():
+    def sure(answers, confidences):
+        return QASample("q", "i.png", "what?", tuple(answers), answer_confidences=tuple(confidences))
+
+    train = [
+        sure(["a", "b", "b", "c"], ["yes", "yes", "maybe", "yes"]),  # sure: a, b, c (ties: first given) -> a
+        sure(["b", "b", "a"], ["yes", "yes", "yes"]),  # -> b
+        sure(["c", "c"], ["no", "maybe"]),  # nobody sure: nothing
+        sure(["b"], ["yes"]),  # -> b
+    ]
+    assert answer_vocabulary(train, "confident") == ["b", "a"]
+    assert "confidence" in describe_rule("confident")

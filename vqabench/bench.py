@@ -20,7 +20,7 @@ from vqabench.cell import RunOptions, prepare, resolve
 from vqabench.config import config_hash
 from vqabench.device import device_name, peak_memory
 from vqabench.engine import make_optimizer, train_epoch
-from vqabench.features import FeatureStore
+from vqabench.features import FeatureStore, text_cache_for
 from vqabench.model import count_parameters
 from vqabench.registry import PluginInfo, Registry
 from vqabench.runner import plan
@@ -113,6 +113,9 @@ def bench(
             row["cache"] = stem.name if not used else f"{stem.name} (not in runs: they augment with {', '.join(used)})"
             if opt is not None:
                 prep.features = features
+                # The text cache too, as a run builds it (a frozen text tower is not run per step).
+                questions = sorted({s.question for s in prep.splits["train"] if hasattr(s, "question")})
+                prep.text_features, _ = text_cache_for(model, questions, opts.cache_dir, False, device, cfg.precision)
                 cached = _timed_epoch(prep, opt, max_steps, "cached")
                 row.update(
                     cached_epoch_s=cached.seconds,

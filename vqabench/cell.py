@@ -283,7 +283,9 @@ def needed_splits(mcfg: Any) -> list[str]:
 def prepare(cell: Cell, opts: RunOptions, mcfg: Any, dcfg: Any, data: TaskData) -> Prepared:
     """Sample the splits, build the model, decode the images the cell needs, cache features."""
     cell.task.check_data(data)  # what the kind needs, before anything is built or decoded
-    names = needed_splits(mcfg)
+    # Unlabelled splits are predicted by every cell, so that their predictions can be exported.
+    names = needed_splits(mcfg) + sorted(s for s in data.unlabelled if s in data.splits)
+    names = list(dict.fromkeys(names))
     for name in names:
         data.split(name)  # a missing split fails here, naming the ones the dataset has
     splits = {s: limit_samples(data.splits[s], opts.limit, opts.seed) for s in names}
@@ -340,10 +342,11 @@ def vocab_note(prep: Prepared) -> dict[str, Any] | None:
     vocab = prep.data.answer_vocab
     if not vocab:
         return None
+    scored = [s for s in prep.eval.splits if s not in prep.data.unlabelled]
     return {
         "size": len(vocab),
         "rule": prep.data.vocab_rule or "given by the dataset",
-        "coverage": {s: coverage(prep.splits[s], vocab, prep.data.vqa_mode) for s in prep.eval.splits},
+        "coverage": {s: coverage(prep.splits[s], vocab, prep.data.vqa_mode) for s in scored},
     }
 
 
@@ -357,6 +360,8 @@ def vocab_warnings(prep: Prepared) -> list[str]:
         return []
     out = []
     for split, samples in prep.splits.items():
+        if split in prep.data.unlabelled:
+            continue  # no answers to miss
         questions = [s for s in samples if hasattr(s, "answers")]
         missing = sum(1 for s in questions if prep.answers.hard(s.answers) == -1)
         if missing:

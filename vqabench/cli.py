@@ -299,6 +299,26 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vqabench.export import export
+    from vqabench.plugins import load_plugins
+
+    registry, _ = load_plugins()
+    paths = export(
+        registry,
+        args.dataset,
+        Path(args.runs),
+        args.split,
+        Path(args.out),
+        model=args.model,
+        profile=args.profile,
+        seed=args.seed,
+    )
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vqabench", description="Benchmark harness for VQA and CLIP-family models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -390,6 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("runs")
     s.add_argument("--spice", action="store_true", help="also compute SPICE (needs its CoreNLP download)")
     s.set_defaults(fn=cmd_score)
+
+    ex = sub.add_parser("export", help="write an evaluation server's files from stored predictions")
+    ex.add_argument("dataset", help="the dataset whose format to write, e.g. vizwiz")
+    ex.add_argument("runs", help="the --out of a vqabench run, or one cell's directory")
+    ex.add_argument("--split", default="challenge", help="the split whose predictions to export (default: challenge)")
+    ex.add_argument("--out", required=True, help="the file to write (the dataset may write files next to it)")
+    ex.add_argument("--model", default=None, help="the model, when the directory holds several")
+    ex.add_argument("--profile", default=None)
+    ex.add_argument("--seed", type=SEED, default=None)
+    ex.set_defaults(fn=cmd_export)
 
     # --debug before or after the command (``vqabench --debug run ...`` or ``vqabench run ... --debug``);
     # SUPPRESS keeps a subcommand's absent flag from resetting the global one.

@@ -224,6 +224,12 @@ def _stage_dirs(ckpt_dir: Path, index: int, stage: Stage) -> tuple[Path, Path, P
     return sdir / "last", sdir / "best.safetensors", sdir / "done"
 
 
+def training_done(ckpt_dir: Path, cfg: TrainConfig) -> bool:
+    """Whether ``ckpt_dir`` holds the finished checkpoint of every stage of the recipe ``cfg``."""
+    stages = cfg.resolved_stages()
+    return all(recover_dir(_stage_dirs(ckpt_dir, i, s)[2]) is not None for i, s in enumerate(stages))
+
+
 def _better(value: float, best: float | None, metric: Metric) -> bool:
     if best is None:
         return True

@@ -75,7 +75,7 @@ def clipscore(
     from PIL import Image
 
     from vqabench.metrics import ClipScorer
-    from vqabench.weights import load_open_clip
+    from vqabench.weights import clip_image_size, load_open_clip
 
     arch, _, weights = spec.partition("@")
     if not arch or not weights:
@@ -86,10 +86,7 @@ def clipscore(
         open_clip.add_model_config(arch)
         arch = arch.rsplit("/", 1)[-1][: -len(".json")]
     model, tokenizer, mean, std, description = load_open_clip(arch, pretrained=True, checkpoint=weights)
-    size = model.visual.image_size
-    preprocess = open_clip.image_transform(
-        size if isinstance(size, int) else size[0], is_train=False, mean=mean, std=std
-    )
+    preprocess = open_clip.image_transform(clip_image_size(model), is_train=False, mean=mean, std=std)
     by_id = {s.id: s for s in samples}
     images = []
     for line in lines:

@@ -136,8 +136,13 @@ def table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return df.fillna("–")
 
 
-def render(records: Iterable[dict[str, Any]], curves: dict[tuple[str, str], str] | None = None) -> dict[str, str]:
-    """Markdown text per dataset: one table per (task kind, profile)."""
+def render(
+    records: Iterable[dict[str, Any]],
+    curves: dict[tuple[str, str], str] | None = None,
+    figures: dict[str, dict[tuple[str, str], list[tuple[str, str]]]] | None = None,
+) -> dict[str, str]:
+    """Markdown text per dataset: one table per (task kind, profile); ``figures`` links the kind's
+    plots ({dataset: {(kind, profile): [(title, file)]}})."""
     groups: dict[str, dict[tuple[str, str], list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         groups[r["dataset"]][(r["kind"], r["profile"])].append(r)
@@ -172,6 +177,8 @@ def render(records: Iterable[dict[str, Any]], curves: dict[tuple[str, str], str]
             lines += ["", table(rs).to_markdown(index=False, disable_numparse=True), ""]
             if curves and (kind, profile) in curves.get(dataset, {}):
                 lines += [f"![training curves]({curves[dataset][(kind, profile)]})", ""]
+            for title, name in (figures or {}).get(dataset, {}).get((kind, profile), []):
+                lines += [f"![{title}]({name})", ""]
             lines += get_task(kind).sections(rs)  # the kind's own tables (zeroshot: per-prompt scores)
         out[dataset] = "\n".join(lines)
     return out
@@ -203,10 +210,32 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
     ax1.grid(alpha=0.3)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Write a figure through a temporary file and a rename, and free it."""
+    import matplotlib.pyplot as plt
+
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
+
+
+def plot_figure(draw: Any, path: Path) -> None:
+    """One of a kind's figures (``Task.plots``): ``draw(axes)`` onto a single panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=90)
+    draw(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def write(records: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -216,13 +245,18 @@ def write(records: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r["dataset"], r["kind"], r["profile"])].append(r)
+    figures: dict[str, dict[tuple[str, str], list[tuple[str, str]]]] = defaultdict(dict)
     for (dataset, kind, profile), rs in groups.items():
         if any(r.get("history") for r in rs):
             name = f"{dataset}-{kind}-{profile}.png"
             plot_curves([r for r in rs if r.get("history")], out_dir / name)
             curves[dataset][(kind, profile)] = name
+        for slug, title, draw in get_task(kind).plots(rs):
+            name = f"{dataset}-{kind}-{profile}-{slug}.png"
+            plot_figure(draw, out_dir / name)
+            figures[dataset].setdefault((kind, profile), []).append((title, name))
     paths = []
-    for dataset, text in render(records, curves).items():
+    for dataset, text in render(records, curves, figures).items():
         path = out_dir / f"{dataset}.md"
         atomic_write_text(path, text)
         paths.append(path)

@@ -57,6 +57,10 @@ class TaskModel(nn.Module):
     # Methods run on tensors alone, with shapes that vary only in the batch dimension: what
     # ``train.compile`` hands to torch.compile (never ``loss``: batches carry strings).
     compiled_methods: tuple[str, ...] = ()
+    # False when the parameters and the loss are the same whatever the task kind the model was
+    # built for (one model serving vqa and answerability): a cell of another kind with the same
+    # training key then loads the weights another cell trained instead of training again.
+    training_depends_on_kind: bool = True
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by group name; the recipe's ``lrs`` gives each group's rate."""

@@ -29,6 +29,10 @@ class DatasetSpec:
     user downloaded) and returns a ``TaskData``. ``prepare(config, root)`` materialises it under an
     explicit directory (``vqabench data prepare``). ``unsafe_augmentations`` names augmentations that
     would change answers on this dataset; the runner switches them off and records that.
+    ``export(config, split, lines, out)`` writes an evaluation server's files from a model's
+    stored prediction lines of one split (``vqabench export``), merged by sample id over the
+    dataset's task kinds, and returns the paths written; ``config`` is the dataset config the
+    predictions were made with, as the record holds it (a dict).
     """
 
     name: str
@@ -39,6 +43,7 @@ class DatasetSpec:
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     unsafe_augmentations: frozenset[str] = frozenset()
     description: str = ""
+    export: Callable[[Any, str, list[dict[str, Any]], Path], list[Path]] | None = None
 
 
 @dataclass(frozen=True)

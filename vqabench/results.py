@@ -51,6 +51,10 @@ RECORD_FIELDS = {
     "best_epoch": "trained only: epoch (over all stages) of the best validation metric of the last stage",
     "resumed_from": "trained only: {'stage', 'epoch'} when the run resumed from a checkpoint, else null",
     "final": "{split: metrics} of the selected checkpoint",
+    "unscored": "{split: predictions} of the dataset's unlabelled splits (a challenge's test set): predicted and "
+    "stored for export, not scored; {} when none",
+    "shared_training": "trained only: {'key': training key, 'trained_by': the cell that trained the weights}; a "
+    "model whose training does not depend on the kind loads another kind's training of the same key",
     "baseline": "{split: {'label', 'prediction', metrics}}: the task's trivial baseline (majority answer, ...)",
     "vocab": "answer vocabulary: size, rule and coverage (accuracy ceiling) per split; null without one",
     "warnings": "what the run found suspicious but could go on with, with counts (e.g. questions with no answer "

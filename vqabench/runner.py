@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vqabench import augment as augment_lib
-from vqabench import evaluate
+from vqabench import evaluate, trainings
 from vqabench.cell import (
     Cell,
     Prepared,
@@ -103,10 +103,11 @@ def run(registry: Registry, infos: list[PluginInfo], opts: RunOptions) -> Ledger
         if ledger.cells.get(cell.key(opts), {}).get("state") != "done" or opts.force:
             ledger.set(cell.key(opts), "pending")
     data_cache: dict[tuple[str, str, str], TaskData] = {}
+    published: set[str] = set()
     for cell in cells:
         key = cell.key(opts)
         try:
-            state, info = run_cell(cell, opts, registry, infos, data_cache, ledger)
+            state, info = run_cell(cell, opts, registry, infos, data_cache, ledger, published)
             ledger.set(key, state, **info)
         except Exception as exc:  # record and go on: one broken cell must not sink the run
             ledger.set(key, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
@@ -121,8 +122,13 @@ def run_cell(
     infos: list[PluginInfo],
     data_cache: dict,
     ledger: Ledger | None = None,
+    published: set[str] | None = None,
 ) -> tuple[str, dict]:
-    """Train (when the model trains) and evaluate one cell; write its predictions and record."""
+    """Train (when the model trains) and evaluate one cell; write its predictions and record.
+
+    ``published`` collects the training keys this run trained (see ``vqabench.trainings``).
+    """
+    published = set() if published is None else published
     mcfg, dcfg = resolve(cell, opts)
     check_recipe(cell, mcfg)
     chash = config_hash(
@@ -159,12 +165,19 @@ def run_cell(
     for warning in prep.warnings:  # also in the record; shown now, before training
         print(f"warning: {cell.key(opts)}: {warning}", file=sys.stderr)
 
+    # A training another kind's cell of this model already did (trainings.py): loaded, not redone.
+    # With --force only one published by this run counts, so that --force retrains exactly once.
+    ckpt = where / "ckpt"
+    tkey = trainings.training_key(prep) if prep.train is not None else None
+    shared = trainings.find(opts.out, tkey, prep.train) if tkey else None
+    if shared is not None and (shared["path"] == ckpt or (opts.force and tkey not in published)):
+        shared = None
     # Only now, with data and model checked: a cell refused above (bad data, a --lr typo) must not
     # have deleted the checkpoints a killed run of the previous config could still resume from.
     # Checkpoints of another config (all, with --force) must not be resumed; they are set aside, not
     # deleted, until this run has a checkpoint or record of its own: a run that cannot write loses nothing.
-    ckpt = where / "ckpt"
-    start_checkpoints(ckpt, chash, force=opts.force)
+    if shared is None:
+        start_checkpoints(ckpt, chash, force=opts.force)
 
     # Train (a model without a recipe is evaluated as it is), keeping the best-validation weights.
     t0 = time.perf_counter()
@@ -177,7 +190,7 @@ def run_cell(
             lambda: _validate(prep),
             cell.task.check_best_metric(prep.train.best_metric),
             prep.device,
-            ckpt,
+            ckpt if shared is None else shared["path"],
             augment=augment_lib.build(prep.used_aug),
             seed=opts.seed,
             progress=opts.progress,
@@ -185,16 +198,24 @@ def run_cell(
             stage_notes=lambda: prep.cached,
             restore_notes=lambda saved: setattr(prep, "cached", saved),
         )
+        if shared is None:
+            trainings.publish(opts.out, tkey, ckpt, cell.key(opts))
+            published.add(tkey)
 
     # Evaluate every eval split, and the task's baseline on the same lines.
-    final, rates, lines_by_split = {}, {}, {}
-    for split in prep.eval.splits:
+    # Unlabelled splits (a challenge's test set) are predicted and stored for export, not scored.
+    final, rates, lines_by_split, unscored = {}, {}, {}, {}
+    unlabelled = [s for s in prep.splits if s in prep.data.unlabelled]
+    for split in dict.fromkeys([*prep.eval.splits, *unlabelled]):
         t1 = time.perf_counter()
         lines = evaluate.predict(
             prep.model, prep.batches(split), prep.splits[split], cell.kind, prep.device, prep.eval.precision
         )
         rates[split] = len(lines) / max(1e-9, time.perf_counter() - t1)
         write_jsonl(where / f"predictions-{split}.jsonl", lines)
+        if split in prep.data.unlabelled:
+            unscored[split] = len(lines)
+            continue
         final[split] = evaluate.score(cell.kind, lines, **cell.task.score_options(prep.data))
         final[split].update(cell.task.run_scores(prep.splits[split], lines, opts, prep.device))
         lines_by_split[split] = lines
@@ -209,6 +230,9 @@ def run_cell(
         inference_rate=rates,
         versions=versions,
     )
+    record["unscored"] = unscored
+    if tkey is not None:
+        record["shared_training"] = {"key": tkey, "trained_by": shared["cell"] if shared else cell.key(opts)}
     atomic_write_json(where / "record.json", record)
     drop_replaced(ckpt)  # the record replaces the result whose checkpoints were set aside
     return "done", {"record": str(where / "record.json")}

@@ -5,7 +5,10 @@ Rules, documented once here and named in records:
 - **Vocabulary** (``answer_vocabulary``): ``all`` keeps every answer given in the training split;
   ``top`` keeps the ``top_k`` most frequent with at least ``min_count`` occurrences. Answers are
   counted over every human answer of every training question, ordered by frequency (ties
-  alphabetical), so index 0 is the most frequent answer.
+  alphabetical), so index 0 is the most frequent answer. ``confident`` (report 002, VizWiz) takes
+  one answer per training question, the most frequent among those given with confidence "yes"
+  (ties: the one given first; a question without one gives none), ordered by how many questions
+  gave it (ties alphabetical).
 - **Hard target** (``hard_label``): the most common in-vocabulary answer among a question's human
   answers; ties go to the answer earlier in the vocabulary (the more frequent over training).
   -1 when no answer is in the vocabulary (the loss then ignores the question).
@@ -28,7 +31,10 @@ from vqabench.metrics import vqa_score
 def answer_vocabulary(
     samples: Sequence[Any], rule: str = "all", top_k: int | None = None, min_count: int = 1
 ) -> list[str]:
-    """The answer vocabulary of the training ``samples`` by ``rule`` ("all" or "top")."""
+    """The answer vocabulary of the training ``samples`` by ``rule`` ("all", "top" or "confident")."""
+    if rule == "confident":
+        counts = Counter(a for s in samples if (a := confident_answer(s)) is not None)
+        return sorted(counts, key=lambda a: (-counts[a], a))
     counts = Counter(a for s in samples for a in s.answers)
     ordered = sorted(counts, key=lambda a: (-counts[a], a))
     if rule == "all":
@@ -36,13 +42,25 @@ def answer_vocabulary(
     if rule == "top":
         kept = [a for a in ordered if counts[a] >= min_count]
         return kept[:top_k] if top_k else kept
-    raise ValueError(f"unknown vocabulary rule {rule!r}; choose all or top")
+    raise ValueError(f"unknown vocabulary rule {rule!r}; choose all, top or confident")
+
+
+def confident_answer(sample: Any) -> str | None:
+    """The most frequent of a question's answers given with confidence "yes" (ties: first given)."""
+    confidences = getattr(sample, "answer_confidences", ()) or ()
+    sure = [a for a, c in zip(sample.answers, confidences) if c == "yes"]
+    if not sure:
+        return None
+    counts = Counter(sure)
+    return max(dict.fromkeys(sure), key=lambda a: counts[a])  # max keeps the first of equal counts
 
 
 def describe_rule(rule: str = "all", top_k: int | None = None, min_count: int = 1) -> str:
     """The rule as a record shows it."""
     if rule == "all":
         return "all training answers"
+    if rule == "confident":
+        return 'per training question its most frequent answer given with confidence "yes" (report 002)'
     return f"top {top_k or 'all'} training answers with count >= {min_count}"
 
 

@@ -260,6 +260,12 @@ def load_open_clip(
 OPEN_CLIP_CONFIG = "open_clip_config.json"  # open_clip's hub format: {"model_cfg": ..., "preprocess_cfg": ...}
 
 
+def clip_image_size(clip: nn.Module) -> int:
+    """The input side of an open_clip model's image tower (its config may give it as (H, W))."""
+    size = clip.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
 def _saved_config(checkpoint: str) -> dict[str, Any] | None:
     """The ``open_clip_config.json`` next to a local checkpoint file, when there is one."""
     import json

@@ -1,4 +1,6 @@
+import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +155,28 @@ def test_vqa_accuracy_is_not_rounded():
 def test_bad_input_raises_value_error_naming_the_argument(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+# 426 cases scored by the official VizWiz evaluation code (its vqaEval.py), with real VizWiz crowd
+# answers and real vocabulary answers holding an apostrophe: its contraction table differs from VQA v2's.
+VIZWIZ_CASES = json.loads((Path(__file__).parent / "data" / "vizwiz_official_cases.json").read_text(encoding="utf-8"))
+
+
+def test_vizwiz_mode_matches_the_official_code_on_every_apostrophe_case():
+    wrong = [
+        (c["prediction"], c["official"], vqa_score(c["prediction"], c["answers"], mode="vizwiz"))
+        for c in VIZWIZ_CASES
+        if abs(vqa_score(c["prediction"], c["answers"], mode="vizwiz") - c["official"]) > 1e-9
+    ]
+    assert len(VIZWIZ_CASES) == 426
+    assert wrong == []
+
+
+def test_vizwiz_contractions_use_the_typographic_apostrophe_where_the_official_table_does():
+    assert vqa_score("2 oclock", ["2 o'clock"] * 10, mode="vizwiz") == 0.0
+    assert vqa_score("2 oclock", ["2 o’clock"] * 10, mode="vizwiz") == 1.0
+    assert vqa_score("doesnt say", ["doesn't say"] * 10, mode="vizwiz") == 0.0
+    assert vqa_score("cant tell", ["can't tell"] * 10, mode="vizwiz") == 1.0  # one of the ASCII entries
+    # VQA v2's table keeps the ASCII apostrophe
+    assert normalize_answer("2 oclock") == "2 o'clock"
+    assert normalize_answer("2 oclock", mode="vizwiz") == "2 o’clock"

@@ -166,12 +166,14 @@ def test_answers_outside_the_vocabulary_are_counted_per_split_and_recorded():
     samples = [
         QASample(f"q{i}", "/img.png", "?", answers) for i, answers in enumerate([("red",), ("mauve",), ("teal",)])
     ]
-    prep = types.SimpleNamespace(answers=AnswerTargets(["red", "blue"]), splits={"train": samples[:1], "test": samples})
+    data = types.SimpleNamespace(unlabelled=frozenset({"challenge"}))
+    splits = {"train": samples[:1], "test": samples, "challenge": samples}  # an unlabelled split has none to miss
+    prep = types.SimpleNamespace(answers=AnswerTargets(["red", "blue"]), splits=splits, data=data)
     assert vocab_warnings(prep) == [
         "2 of 3 test questions have no answer in the vocabulary (2 answers): training has no target for them and "
         "they lower its coverage (the accuracy ceiling)"
     ]
-    assert vocab_warnings(types.SimpleNamespace(answers=None, splits={"test": samples})) == []
+    assert vocab_warnings(types.SimpleNamespace(answers=None, splits={"test": samples}, data=data)) == []
     assert "warnings" in RECORD_FIELDS
     # Scoring takes them: a prediction scores 0 against a reference outside the vocabulary.
     lines = [{"answer": "red", "answers": list(s.answers), "question_type": "", "answer_type": ""} for s in samples]

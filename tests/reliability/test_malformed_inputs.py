@@ -1028,3 +1028,109 @@ def test_cli_run_changes_nothing(cli_results, request, dataset, damage, expected
     assert cells.pop(failed)["state"] == "failed"
     old = {k: v for k, v in result["ledger"].items() if k != failed}
     assert cells == old
+
+
+# --- vizwiz: the official VizWiz files, as the plugin's fixture writer lays them out --------------------------
+
+
+@pytest.fixture(scope="module")
+def vizwiz_files(tmp_path_factory) -> Path:
+    from vqabench_plugins.vizwiz_fixture import write_fixture
+
+    return write_fixture(tmp_path_factory.mktemp("vizwiz") / "data", train=10, val=4, test=2, image_size=16)
+
+
+@pytest.fixture
+def vw(tmp_path, vizwiz_files) -> SimpleNamespace:
+    """A fresh copy of the small VizWiz set; ``img`` is the image of official val record 1."""
+    root = tmp_path / "data"
+    shutil.copytree(vizwiz_files, root)
+    record = json.loads((root / "Annotations" / "val.json").read_text())[1]
+    return SimpleNamespace(root=root, tmp=tmp_path, img=f"val/{record['image']}")
+
+
+def load_vw(c: SimpleNamespace, kind: str = "vqa"):
+    from vqabench_plugins.vizwiz import VizWizConfig, load
+
+    return load(VizWizConfig(root=str(c.root)), kind, c.tmp / "cache")
+
+
+def _jpeg(im: Image.Image) -> bytes:
+    return png_of(im, "JPEG", quality=90)
+
+
+# The annotation files are fine, so only decoding, before training, can tell.
+VIZWIZ_BROKEN_IMAGES = [
+    pytest.param(lambda c: b"this is a text file, not a JPEG\n", "UnidentifiedImageError", id="text-bytes"),
+    pytest.param(lambda c: (c.root / c.img).read_bytes()[:200], "", id="truncated-jpeg"),
+    pytest.param(lambda c: b"", "UnidentifiedImageError", id="zero-byte-jpeg"),
+    pytest.param(lambda c: bomb(), "decompression bomb refused", id="decompression-bomb"),
+]
+
+
+@pytest.mark.parametrize(("make", "reason"), VIZWIZ_BROKEN_IMAGES)
+def test_vizwiz_broken_image_is_refused_before_training(vw, make, reason):
+    (vw.root / vw.img).write_bytes(make(vw))
+    data = load_vw(vw)
+    with pytest.raises(ImageDecodeError) as err:
+        decode(data)
+    expected = [f"cannot read image {vw.root / vw.img} (dataset vizwiz): {reason}", "vqabench data prepare vizwiz"]
+    assert_one_line_naming(err.value, expected)
+
+
+def test_vizwiz_cmyk_jpeg_works(vw):
+    (vw.root / vw.img).write_bytes(_jpeg(Image.new("CMYK", (16, 16), (0, 255, 255, 0))))
+    store = decode(load_vw(vw, "answerability"))
+    pixels = store.images[store.row[str(vw.root / vw.img)]].numpy()
+    assert np.abs(pixels.reshape(3, -1).mean(1) - np.array((255, 0, 0))).max() <= 3
+
+
+def _vw_image_name(c: SimpleNamespace, name: str) -> None:
+    path = c.root / "Annotations" / "val.json"
+    records = json.loads(path.read_text())
+    records[1]["image"] = name
+    path.write_text(json.dumps(records))
+
+
+def _vw_fifo(c: SimpleNamespace) -> None:
+    (c.root / c.img).unlink()
+    os.mkfifo(c.root / c.img)
+
+
+def _vw_link_out(c: SimpleNamespace) -> None:
+    outside = c.tmp / "outside.jpg"
+    (c.root / c.img).rename(outside)
+    (c.root / c.img).symlink_to(outside)
+
+
+VIZWIZ_FAILING = [
+    pytest.param(_vw_fifo, ["record 1 field image", "is a FIFO (named pipe), not a regular file"], id="fifo-image"),
+    pytest.param(_vw_link_out, ["record 1 field image", "symbolic link to", "outside the dataset root"], id="link-out"),
+    pytest.param(
+        lambda c: _vw_image_name(c, "../../outside.jpg"),
+        ["record 1 field image", "leaves the dataset root"],
+        id="dotdot",
+    ),
+    pytest.param(
+        lambda c: _vw_image_name(c, "/dev/zero"), ["record 1 field image", "is an absolute path"], id="dev-zero"
+    ),
+    pytest.param(
+        lambda c: _vw_image_name(c, None), ["record 1 field image", "is null, not a relative path"], id="null"
+    ),
+]
+
+
+@pytest.mark.parametrize(("damage", "expected"), VIZWIZ_FAILING)
+def test_vizwiz_refuses_image_names(vw, damage, expected):
+    damage(vw)
+    with pytest.raises(Exception) as err:
+        load_vw(vw)
+    assert_one_line_naming(err.value, [f"vizwiz: {vw.root / 'Annotations' / 'val.json'}", *expected])
+
+
+def test_vizwiz_undamaged_copy_loads_and_decodes(vw):
+    """The control: the copies the vizwiz cases damage load, pass the kind checks and decode when left alone."""
+    for kind in ("vqa", "answerability"):
+        data = load_vw(vw, kind)
+        get_task(kind).check_data(data)
+    decode(data)

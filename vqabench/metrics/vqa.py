@@ -1,11 +1,12 @@
 """Official VQA accuracy (GT-Vision-Lab/VQA ``vqaEval.py``, master), quirks included.
 
-Two modes share the consensus formula and differ only in what gets normalised:
+Two modes share the consensus formula and differ in what gets normalised and how:
 
 * ``"vqa"`` (VQA v2 ``vqaEval.py``): both sides are normalised only when the human answers
   are not all identical, so "Yes" against ten "yes" scores 0, exactly as the official code.
 * ``"vizwiz"`` (VizWiz ``vqaEval.py``): the prediction is always normalised, the human
-  answers never (not even whitespace-stripped).
+  answers never (not even whitespace-stripped), and its contraction table writes most
+  apostrophes as U+2019 (``_VIZWIZ_CONTRACTIONS``), so "2 oclock" scores 0 against ten "2 o'clock".
 """
 
 from __future__ import annotations
@@ -164,6 +165,134 @@ _CONTRACTIONS = {
     "youve": "you've",
 }
 
+# The VizWiz evaluation code's own table (VizWiz API ``vqaEval.py``), verbatim: the same keys as
+# VQA v2's, but most keys and values write the apostrophe as the typographic U+2019 ("dont" ->
+# "don’t"), while a few keep the ASCII one ("cant" -> "can't", "weve" -> "we've"). So "2 oclock"
+# becomes "2 o’clock" and never equals a human "2 o'clock", which the official score counts as 0.
+_VIZWIZ_CONTRACTIONS = {
+    "aint": "ain't",
+    "arent": "aren't",
+    "cant": "can't",
+    "couldve": "could've",
+    "couldnt": "couldn't",
+    "couldn'tve": "couldn’t’ve",
+    "couldnt’ve": "couldn’t’ve",
+    "didnt": "didn’t",
+    "doesnt": "doesn’t",
+    "dont": "don’t",
+    "hadnt": "hadn’t",
+    "hadnt’ve": "hadn’t’ve",
+    "hadn'tve": "hadn’t’ve",
+    "hasnt": "hasn’t",
+    "havent": "haven’t",
+    "hed": "he’d",
+    "hed’ve": "he’d’ve",
+    "he’dve": "he’d’ve",
+    "hes": "he’s",
+    "howd": "how’d",
+    "howll": "how’ll",
+    "hows": "how’s",
+    "Id’ve": "I’d’ve",
+    "I’dve": "I’d’ve",
+    "Im": "I’m",
+    "Ive": "I’ve",
+    "isnt": "isn’t",
+    "itd": "it’d",
+    "itd’ve": "it’d’ve",
+    "it’dve": "it’d’ve",
+    "itll": "it’ll",
+    "let’s": "let’s",
+    "maam": "ma’am",
+    "mightnt": "mightn’t",
+    "mightnt’ve": "mightn’t’ve",
+    "mightn’tve": "mightn’t’ve",
+    "mightve": "might’ve",
+    "mustnt": "mustn’t",
+    "mustve": "must’ve",
+    "neednt": "needn’t",
+    "notve": "not’ve",
+    "oclock": "o’clock",
+    "oughtnt": "oughtn’t",
+    "ow’s’at": "’ow’s’at",
+    "’ows’at": "’ow’s’at",
+    "’ow’sat": "’ow’s’at",
+    "shant": "shan’t",
+    "shed’ve": "she’d’ve",
+    "she’dve": "she’d’ve",
+    "she’s": "she’s",
+    "shouldve": "should’ve",
+    "shouldnt": "shouldn’t",
+    "shouldnt’ve": "shouldn’t’ve",
+    "shouldn’tve": "shouldn’t’ve",
+    "somebody’d": "somebodyd",
+    "somebodyd’ve": "somebody’d’ve",
+    "somebody’dve": "somebody’d’ve",
+    "somebodyll": "somebody’ll",
+    "somebodys": "somebody’s",
+    "someoned": "someone’d",
+    "someoned’ve": "someone’d’ve",
+    "someone’dve": "someone’d’ve",
+    "someonell": "someone’ll",
+    "someones": "someone’s",
+    "somethingd": "something’d",
+    "somethingd’ve": "something’d’ve",
+    "something’dve": "something’d’ve",
+    "somethingll": "something’ll",
+    "thats": "that’s",
+    "thered": "there’d",
+    "thered’ve": "there’d’ve",
+    "there’dve": "there’d’ve",
+    "therere": "there’re",
+    "theres": "there’s",
+    "theyd": "they’d",
+    "theyd’ve": "they’d’ve",
+    "they’dve": "they’d’ve",
+    "theyll": "they’ll",
+    "theyre": "they’re",
+    "theyve": "they’ve",
+    "twas": "’twas",
+    "wasnt": "wasn’t",
+    "wed’ve": "we’d’ve",
+    "we’dve": "we’d’ve",
+    "weve": "we've",
+    "werent": "weren’t",
+    "whatll": "what’ll",
+    "whatre": "what’re",
+    "whats": "what’s",
+    "whatve": "what’ve",
+    "whens": "when’s",
+    "whered": "where’d",
+    "wheres": "where's",
+    "whereve": "where’ve",
+    "whod": "who’d",
+    "whod’ve": "who’d’ve",
+    "who’dve": "who’d’ve",
+    "wholl": "who’ll",
+    "whos": "who’s",
+    "whove": "who've",
+    "whyll": "why’ll",
+    "whyre": "why’re",
+    "whys": "why’s",
+    "wont": "won’t",
+    "wouldve": "would’ve",
+    "wouldnt": "wouldn’t",
+    "wouldnt’ve": "wouldn’t’ve",
+    "wouldn’tve": "wouldn’t’ve",
+    "yall": "y’all",
+    "yall’ll": "y’all’ll",
+    "y’allll": "y’all’ll",
+    "yall’d’ve": "y’all’d’ve",
+    "y’alld’ve": "y’all’d’ve",
+    "y’all’dve": "y’all’d’ve",
+    "youd": "you’d",
+    "youd’ve": "you’d’ve",
+    "you’dve": "you’d’ve",
+    "youll": "you’ll",
+    "youre": "you’re",
+    "youve": "you’ve",
+}
+_TABLES = {"vqa": _CONTRACTIONS, "vizwiz": _VIZWIZ_CONTRACTIONS}
+
 
 def _clean_whitespace(s: str) -> str:
     return s.replace("\n", " ").replace("\t", " ").strip()
@@ -181,15 +310,19 @@ def _process_punctuation(text: str) -> str:
     return _PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)
 
 
-def _process_digit_article(text: str) -> str:
+def _process_digit_article(text: str, contractions: dict[str, str]) -> str:
     words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
     words = [w for w in words if w not in _ARTICLES]
-    return " ".join(_CONTRACTIONS.get(w, w) for w in words)
+    return " ".join(contractions.get(w, w) for w in words)
 
 
-def normalize_answer(s: str) -> str:
-    """Return ``s`` normalised exactly as the official VQA evaluation normalises an answer."""
-    return _process_digit_article(_process_punctuation(s))
+def normalize_answer(s: str, mode: str = "vqa") -> str:
+    """Return ``s`` normalised exactly as the official evaluation of ``mode`` normalises an answer.
+
+    The two modes differ only in their contraction tables (see ``_VIZWIZ_CONTRACTIONS``).
+    """
+    _check_mode(mode)
+    return _process_digit_article(_process_punctuation(s), _TABLES[mode])
 
 
 def _check_mode(mode: str) -> None:
@@ -210,7 +343,7 @@ def vqa_score(prediction: str, answers: Sequence[str], mode: str = "vqa") -> flo
     pred = _clean_whitespace(prediction)
     if mode == "vizwiz":
         refs = list(answers)
-        pred = normalize_answer(pred)
+        pred = normalize_answer(pred, mode)
     else:
         refs = [_clean_whitespace(a) for a in answers]
         if len(set(refs)) > 1 or len(refs) == 1:

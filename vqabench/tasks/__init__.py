@@ -106,6 +106,9 @@ class TaskData:
     class_attributes: dict[str, list[str]] | None = None
     vqa_mode: str = "vqa"  # "vqa" (official) or "vizwiz" normalisation
     unsafe_augmentations: frozenset[str] = field(default_factory=frozenset)
+    # Splits without references (a challenge's test set): every cell predicts them and stores the
+    # predictions (for ``vqabench export``), but nothing scores them; their samples may lack answers.
+    unlabelled: frozenset[str] = field(default_factory=frozenset)
     extra: dict[str, Any] = field(default_factory=dict)  # anything a plugin-registered kind needs
 
     def __post_init__(self) -> None:

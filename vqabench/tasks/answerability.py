@@ -22,6 +22,7 @@ class AnswerabilityTask(QATask):
         ("f1_unanswerable", "F1 @0.5"),
         ("accuracy", "Acc @0.5"),
         ("vqa_accuracy", "VQA Acc"),
+        ("aurc", "AURC"),
     )
 
     def score(self, lines: Sequence[dict[str, Any]], vqa_mode: str = "vizwiz", **_: Any) -> dict[str, Any]:
@@ -39,6 +40,24 @@ class AnswerabilityTask(QATask):
             out["risk_coverage"] = metrics.risk_coverage(scores, [float(r["answerable_score"]) for r in lines])
             out["aurc"] = out["risk_coverage"]["aurc"]
         return out
+
+    def plots(self, records: Sequence[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+        curves = [r for r in records if "risk_coverage" in r["final"].get("test", {})]
+        if not curves:
+            return []
+
+        def draw(ax: Any) -> None:
+            for r in curves:
+                rc = r["final"]["test"]["risk_coverage"]
+                label = f"{r['model']} (seed {r['seed']}), AURC {rc['aurc']:.3f}"
+                ax.plot(rc["coverage"], rc["risk_accuracy"], marker="o", ms=3, label=label)
+            ax.set(
+                xlabel="coverage (most surely answerable first)",
+                ylabel="VQA accuracy of the answered",
+                title="Risk-coverage (test)",
+            )
+
+        return [("risk-coverage", "VQA accuracy when answering only the most surely answerable questions", draw)]
 
     def baseline(self, train: Sequence[QASample], data: Any) -> tuple[str, dict[str, Any]]:
         # The prior: every question gets the training rate of answerable questions (AP = positive rate).

@@ -141,6 +141,11 @@ class Task:
         """Markdown lines the leaderboard adds after the kind's table of ``records`` (default: none)."""
         return []
 
+    def plots(self, records: Sequence[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+        """Figures the leaderboard draws for a table of ``records``: (slug, title, draw), where
+        ``draw(axes)`` plots onto a matplotlib Axes (default: none)."""
+        return []
+
     def check_best_metric(self, name: str) -> Metric:
         """The best-checkpoint metric (default: the primary one); fails naming what the kind produces."""
         name = name or self.primary_metric

@@ -50,6 +50,7 @@ class QABatch(Batch):
     labels: torch.Tensor  # long [B]: the hard target's vocabulary index, -1 when none is in vocabulary
     answerable: torch.Tensor  # float [B]: 1.0 answerable, 0.0 not
     question_types: list[str]
+    answer_types: list[str]
     # Output of the model's frozen image stem per row of ``images``, when the feature cache is on.
     image_features: torch.Tensor | None = None
     # Soft targets [B, V] (train.targets = "soft"): each answer scored as the VQA metric would.
@@ -87,6 +88,7 @@ def collate_qa(samples: list[QASample], ctx: CollateContext) -> QABatch:
         labels=ctx.tensor([answers.hard(s.answers) if answers is not None else -1 for s in samples], torch.long),
         answerable=ctx.tensor([1.0 if s.answerable else 0.0 for s in samples], torch.float32),
         question_types=[s.question_type for s in samples],
+        answer_types=[s.answer_type for s in samples],
         image_features=feats,
         soft_labels=soft,
         text_features=text,
@@ -122,6 +124,7 @@ def check_answers(data: Any) -> None:
     if at all, deep inside scoring. Raise naming the dataset, split, sample and field instead.
     """
     for split, samples in data.splits.items():
+        unlabelled = split in data.unlabelled  # a challenge's test set: no answers to check
         for s in samples:
             where = f"dataset {data.dataset!r} ({data.kind}): split {split!r}, sample {s.id!r}"
             if not isinstance(s.question, str):
@@ -131,7 +134,7 @@ def check_answers(data: Any) -> None:
                 raise ValueError(
                     f"{where}: field 'answers' must be a tuple of strings, got {type(answers).__name__} {answers!r}"
                 )
-            if not answers:
+            if not answers and not unlabelled:
                 raise ValueError(f"{where}: field 'answers' is empty; every question needs at least one answer")
             for i, answer in enumerate(answers):
                 if not isinstance(answer, str):

@@ -16,6 +16,7 @@ class VQATask(QATask):
     primary_metric = "vqa_accuracy"
     metric_names = ("vqa_accuracy", "weighted_precision", "weighted_recall", "weighted_f1")
     columns = (("vqa_accuracy", "Test Acc"),)
+    answer_type_prefix = "acc_answer_type/"
     type_prefix = "acc/"
 
     def score(self, lines: Sequence[dict[str, Any]], vqa_mode: str = "vqa", **_: Any) -> dict[str, Any]:
@@ -29,8 +30,9 @@ class VQATask(QATask):
             mode=vqa_mode,
         )
         out: dict[str, Any] = {"vqa_accuracy": result["vqa_accuracy"]}
-        out.update({f"acc/{t}": v for t, v in sorted(result["per_question_type"].items())})
-        out.update({f"acc_answer_type/{t}": v for t, v in sorted(result["per_answer_type"].items())})
+        # A dataset without question (or answer) types (VizWiz has no question types) gets no such keys.
+        out.update({f"acc/{t}": v for t, v in sorted(result["per_question_type"].items()) if t})
+        out.update({f"acc_answer_type/{t}": v for t, v in sorted(result["per_answer_type"].items()) if t})
         # Weighted P/R/F1 compare against the consensus answer, as report 001 does.
         out.update(metrics.weighted_prf([QASample("", "", "", tuple(a)).consensus for a in refs], preds))
         out["prediction_distribution"] = metrics.prediction_distribution(preds, top=10)
@@ -39,6 +41,13 @@ class VQATask(QATask):
             out["risk_coverage"] = metrics.risk_coverage(scores, [r["confidence"] for r in lines])
             out["aurc"] = out["risk_coverage"]["aurc"]
         return out
+
+    def columns_for(self, records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Test accuracy, then accuracy per answer type (report 001 and 002: yes/no, number, other, ...)."""
+        types = sorted(
+            {k for r in records for k in r["final"].get("test", {}) if k.startswith(self.answer_type_prefix)}
+        )
+        return [*self.columns, *((k, f"Acc [{k[len(self.answer_type_prefix) :]}]") for k in types)]
 
     def baseline(self, train: Sequence[QASample], data: Any) -> tuple[str, dict[str, Any]]:
         answer = majority_answer(train)
