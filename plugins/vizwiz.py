@@ -57,7 +57,14 @@ from typing import Any
 
 import numpy as np
 
-from vqabench.files import UnsafePathError, atomic_write_json, atomic_write_text, contained, describe_os_error
+from vqabench.files import (
+    UnsafePathError,
+    atomic_write_json,
+    atomic_write_text,
+    contained,
+    dataset_root,
+    describe_os_error,
+)
 from vqabench.hookspecs import hookimpl
 from vqabench.registry import DatasetSpec
 from vqabench.tasks import TaskData, TaskKind, kind_name
@@ -112,16 +119,10 @@ class VizWizConfig:
 
 
 def _root(value: str, flag: str = ROOT_FLAG) -> Path:
-    if not value:
-        raise DatasetError(f"vizwiz needs root=DIR, the folder holding the official VizWiz files: `{flag}`")
-    # Absolute but not resolved: sample paths, and the caches keyed by them, stay as the user named them.
-    root = Path(value).expanduser().absolute()
-    if not root.is_dir():
-        what = "does not exist" if not root.exists() else "is not a directory"
-        raise DatasetError(
-            f"vizwiz root {root} {what}; give the folder where {DOWNLOADS} from {SOURCE} were unzipped: `{flag}`"
-        )
-    return root
+    where = f"{DOWNLOADS} from {SOURCE}, unzipped"
+    return dataset_root(
+        value, dataset=NAME, holds=f"the official VizWiz files ({where})", flag=flag, error=DatasetError
+    )
 
 
 def locate(root: Path) -> dict[str, Path]:

@@ -245,7 +245,7 @@ def test_best_metric_defaults_to_the_primary_metric():
 def test_a_recipe_without_stages_is_one_stage_named_train():
     cfg = TrainConfig(epochs=3, lrs={"head": 0.1}, warmup_epochs=0.5, schedule="step", step_every=2, streams=("train",))
     (stage,) = cfg.resolved_stages()
-    assert stage == Stage("train", 3, {"head": 0.1}, 0.5, "step", 2, 0.1, ("train",))
+    assert stage == Stage("train", 3, {"head": 0.1}, 0.5, "step", 2, 0.1, ("train",), 0)
 
 
 def test_stages_take_what_they_leave_none_from_the_recipe():

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from vqabench_plugins.vizwiz_fixture import write_fixture
+from vqabench_plugins.vqav2_fixture import write_fixture as write_vqav2
 
 from vqabench.config import apply_overrides, train_config
 from vqabench.data import Batches, ImageStore
@@ -36,6 +37,11 @@ def _image_folder(root):
 TINY_FILES = {
     "image-folder": _image_folder,
     "vizwiz": lambda root: {"root": str(write_fixture(root, train=10, val=4, test=2, image_size=16))},
+    # min_count=1: on 18 questions no answer reaches the full-size rule's 9.
+    "vqav2": lambda root: {
+        "root": str(write_vqav2(root, train_images=6, val_images=3, questions_per_image=2, image_size=16)),
+        "min_count": 1,
+    },
 }
 
 

@@ -588,3 +588,26 @@ def test_fit_stops_on_a_non_finite_loss(tmp_path):
         FloatingPointError, match=r"training loss is nan at step 1 \(epoch 1/3\); lower the learning rate"
     ):
         s.fit(recipe(), tmp_path / "ckpt")
+
+
+def test_a_stage_stops_on_a_plateau_after_patience_validations_without_improvement(tmp_path):
+    s = Setup(scripted=[0.5, 0.7, 0.6, 0.65, 0.9, 0.95])
+    result = s.fit(recipe(epochs=6, patience=2), tmp_path / "ckpt")
+    # Best at epoch 2; epochs 3 and 4 do not beat it: the stage ends after epoch 4, with epoch 2's weights.
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4] and s.calls == 4
+    assert result.best_epoch == 2 and result.stages[0]["epochs_run"] == 4 and result.stages[0]["epochs"] == 6
+    for key, value in s.model.state_dict().items():
+        assert torch.equal(value, s.snapshots[1][key]), key
+    # A finished plateau is not trained again when the run is restarted.
+    again = Setup(scripted=[0.5, 0.7, 0.6, 0.65, 0.9, 0.95])
+    assert comparable(again.fit(recipe(epochs=6, patience=2), tmp_path / "ckpt")) == comparable(result)
+    assert again.calls == 0
+    # Without patience every epoch trains.
+    assert len(Setup(scripted=[0.5, 0.7, 0.6, 0.65, 0.9, 0.95]).fit(recipe(epochs=6), tmp_path / "all").history) == 6
+
+
+def test_patience_is_checked_and_a_stage_may_set_its_own():
+    with pytest.raises(ValueError, match=r"train.patience must be >= 0"):
+        TrainConfig(patience=-1)
+    cfg = TrainConfig(patience=3, stages=(Stage("head", epochs=2, patience=1), Stage("lora", epochs=2)))
+    assert [s.patience for s in cfg.resolved_stages()] == [1, 3]

@@ -414,3 +414,30 @@ def test_answerability_baseline_row_uses_its_label():
     # A column only the baseline has is left out (as optional metrics are).
     df = table([record("m", 0, {"ap_unanswerable": 0.6}, kind="answerability", baseline=base)])
     assert "VQA Acc" not in df.columns and "AUROC" not in df.columns
+
+
+def test_report_001_metrics_block_per_model_with_its_prediction_distribution_and_stages():
+    test = {
+        "vqa_accuracy": 0.35,
+        "weighted_precision": 0.47,
+        "weighted_recall": 0.22,
+        "weighted_f1": 0.22,
+        "prediction_distribution": [["yes", 40], ["no", 30]],
+    }
+    r = record("dino-bert-two-stage", 0, test, display_name="DINO-BERT two-stage", val=(0.18, 0.3, 0.34))
+    r.update(best_epoch=3, stages=[{"name": "head", "val": {"vqa_accuracy": 0.185}}, {"name": "lora", "val": {}}])
+    r["timing"]["epoch_seconds"] = [2.0, 4.0]
+    lines = get_task("vqa").sections([r, record("plain", 0, {"vqa_accuracy": 0.5})])  # no weighted metrics: no block
+    text = "\n".join(lines)
+    assert text.count("<details>") == 1 and "DINO-BERT two-stage: metrics and prediction distribution" in text
+    for row in (
+        "| Accuracy (validation, best epoch) | 0.340 |",
+        "| Accuracy (test) | 0.350 |",
+        "| Precision (test, weighted) | 0.470 |",
+        "| F1-score (test, weighted) | 0.220 |",
+        "| Accuracy (validation) after stage head | 0.185 |",
+        "| Accuracy (validation) after stage lora | – |",
+        "| Time per epoch | 3.0 s |",
+        "| yes | 40 |",
+    ):
+        assert row in text, row

@@ -108,3 +108,18 @@ def test_leaderboard_has_report_002_columns_and_the_risk_coverage_plot(runs, tmp
     assert "Acc [unanswerable]" in text and "Acc [yes/no]" in text  # VQA accuracy per answer type
     assert "![VQA accuracy when answering only the most surely answerable questions]" in text
     assert (tmp_path / "vizwiz-answerability-paper-risk-coverage.png").stat().st_size > 1000
+
+
+def test_bench_with_a_cached_text_tower_evaluates_questions_training_never_saw(runs, tmp_path):
+    # The bench's cached epoch reads the text cache, and so does its inference on val: the cache
+    # must hold every split's questions, not the training ones only.
+    clip = runs / "clip" / "open_clip_model.safetensors"
+    model = ["--set", "arch=ViT-B-32", "--set", f"checkpoint={clip}", "--set", "hidden=16", *PAPER]
+    out = tmp_path / "bench.json"
+    done = run_cli(
+        "bench", "--models", "clip-linear", "--tasks", "vizwiz/vqa", "--data", f"root={runs / 'vizwiz'}", *model,
+        "--cache-dir", str(tmp_path / "cache"), "--max-steps", "2", "--json", str(out), "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["cached_speedup"] > 1 and row["inference_images_per_s"] > 0

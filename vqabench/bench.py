@@ -113,8 +113,9 @@ def bench(
             row["cache"] = stem.name if not used else f"{stem.name} (not in runs: they augment with {', '.join(used)})"
             if opt is not None:
                 prep.features = features
-                # The text cache too, as a run builds it (a frozen text tower is not run per step).
-                questions = sorted({s.question for s in prep.splits["train"] if hasattr(s, "question")})
+                # The text cache too, as a run builds it (a frozen text tower is not run per step),
+                # over every split the cell uses: the evaluation below reads it as well.
+                questions = sorted({s.question for v in prep.splits.values() for s in v if hasattr(s, "question")})
                 prep.text_features, _ = text_cache_for(model, questions, opts.cache_dir, False, device, cfg.precision)
                 cached = _timed_epoch(prep, opt, max_steps, "cached")
                 row.update(

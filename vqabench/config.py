@@ -38,6 +38,7 @@ class Stage:
     step_every: int | None = None
     step_gamma: float | None = None
     streams: tuple[str, ...] | None = None
+    patience: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class TrainConfig:
     streams: tuple[str, ...] = ("train",)
     val_every: int = 1  # validate every N epochs (and after the last); for costly validation
     val_limit: int | None = None  # validate on a seeded sample of at most N val samples
+    # Stop a stage once its best validation metric has not improved for this many validations
+    # in a row (a plateau; report 001's stage 1); 0 trains every epoch of the stage.
+    patience: int = 0
     # Answer targets of classification VQA: "hard" (one label per question) or "soft" (every
     # vocabulary answer scored as the official VQA metric scores it, for BCE-style heads).
     targets: str = "hard"
@@ -90,6 +94,12 @@ class TrainConfig:
             raise ValueError(f"train.targets {self.targets!r}: choose hard or soft")
         if self.val_every < 1:
             raise ValueError(f"train.val_every must be >= 1, got {self.val_every}")
+        for key, value in [
+            ("patience", self.patience),
+            *((f"stages.{s.name}.patience", s.patience) for s in self.stages),
+        ]:
+            if value is not None and value < 0:
+                raise ValueError(f"train.{key} must be >= 0 (0: no early stop), got {value}")
         # Zero epochs would write a record of an untrained model as if it had trained; a model
         # that needs no training is evaluation-only (no ``train`` recipe) instead.
         for key, value in [("epochs", self.epochs), *((f"stages.{s.name}.epochs", s.epochs) for s in self.stages)]:
@@ -114,6 +124,7 @@ class TrainConfig:
                     self.step_every,
                     self.step_gamma,
                     self.streams,
+                    self.patience,
                 ),
             )
         out = []
@@ -128,6 +139,7 @@ class TrainConfig:
                     self.step_every if s.step_every is None else s.step_every,
                     self.step_gamma if s.step_gamma is None else s.step_gamma,
                     s.streams or self.streams,
+                    self.patience if s.patience is None else s.patience,
                 )
             )
             if out[-1].schedule not in SCHEDULES:

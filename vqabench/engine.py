@@ -383,6 +383,9 @@ def _fit_stage(
     step_offset = epoch_base * len(first)
 
     for epoch in range(state["epoch"], epochs):
+        # A plateau ends the stage (checked here too, so a run killed after it resumes stopped).
+        if stage.patience and state.get("since_best", 0) >= stage.patience:
+            break
         for s in streams.values():
             s.epoch = epoch  # the shuffle of an epoch depends on (seed, epoch) alone, so resume matches
         number = epoch_base + epoch + 1
@@ -427,8 +430,9 @@ def _fit_stage(
                     f"class only) or not produced; it gave: {given}. Choose another with "
                     f"--set train.best_metric=NAME, or validate on more samples"
                 )
+            state["since_best"] = state.get("since_best", 0) + 1
             if _better(value, state["best_value"], best_metric):
-                state.update(best_value=value, best_epoch=number, best_val=metrics)
+                state.update(best_value=value, best_epoch=number, best_val=metrics, since_best=0)
                 with atomic_path(best_path) as tmp:
                     from safetensors.torch import save_file
 
@@ -458,6 +462,7 @@ def _fit_stage(
         "best_metric": best_metric.name,
         "best_value": state["best_value"],
         "val": state["best_val"],
+        "epochs_run": state["epoch"],  # fewer than ``epochs`` when the stage stopped on a plateau
         "lrs": dict(stage.lrs),
         "schedule": stage.schedule,
     }

@@ -329,6 +329,20 @@ def _inside(path: str, base: str) -> bool:
     return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
+def dataset_root(value: str, *, dataset: str, holds: str, flag: str, error: type[Exception] = ValueError) -> Path:
+    """The directory a dataset's ``root`` config names, or ``error`` naming the flag and what the folder holds.
+
+    Absolute but not resolved: sample paths, and the caches keyed by them, stay as the user named them.
+    """
+    if not value:
+        raise error(f"{dataset} needs root=DIR, the folder holding {holds}: `{flag}`")
+    root = Path(value).expanduser().absolute()
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a directory"
+        raise error(f"{dataset} root {root} {what}; give the folder holding {holds}: `{flag}`")
+    return root
+
+
 def contained(root: Path | str, relative: Any, *, where: str, must_exist: bool = False) -> Path:
     """``root / relative``, once it is known to be a file a data file may name; else ``UnsafePathError``.
 

@@ -121,6 +121,43 @@ def _local_file(path: str, what: str) -> str:
 # --- timm image backbones ----------------------------------------------------------------------
 
 
+def local_source(name: str) -> str | None:
+    """A local directory holding ``name``: itself, a packaged copy, or its snapshot in the HF cache."""
+    from huggingface_hub import snapshot_download
+
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if name in _PACKAGED_SENTENCE_MODELS:
+        try:
+            return str(importlib.import_module(_PACKAGED_SENTENCE_MODELS[name][0]).get_model_path())
+        except ImportError:
+            pass
+    try:  # the cache only: from_pretrained on a hub name may ask the network even when it has the files
+        return snapshot_download(name, local_files_only=True)
+    except Exception:
+        return None
+
+
+def load_pretrained(loader: Any, name: str, what: str, fix: str, **kwargs: Any) -> Any:
+    """transformers' ``loader.from_pretrained`` (AutoModel, AutoConfig, ...) of a directory, packaged copy or
+    cached snapshot, else a download.
+
+    Raises ``WeightsUnavailable`` (naming ``what`` and ``fix``) before any download is tried when
+    the hub cannot be reached; never falls back to random weights.
+    """
+    from huggingface_hub import constants
+
+    source = local_source(name)
+    if source is not None:
+        try:
+            return loader.from_pretrained(source, **kwargs)
+        except (OSError, ValueError) as exc:  # a partial snapshot (a config, no weights): download below
+            if Path(name).expanduser().is_dir():
+                raise WeightsUnavailable(f"{what}: directory {name!r} holds no loadable model ({exc})") from None
+    _require_download(what, constants.ENDPOINT, _hf_cache(), fix)
+    return loader.from_pretrained(name, **kwargs)
+
+
 def load_timm(
     arch: str, *, pretrained: bool, checkpoint: str = "", fix: str = QUICK_FIX, **model_kwargs: Any
 ) -> tuple[nn.Module, str]:

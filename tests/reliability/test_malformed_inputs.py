@@ -1134,3 +1134,100 @@ def test_vizwiz_undamaged_copy_loads_and_decodes(vw):
         data = load_vw(vw, kind)
         get_task(kind).check_data(data)
     decode(data)
+
+
+# --- vqav2: the official VQA v2 files, as the plugin's fixture writer lays them out --------------------------
+
+
+@pytest.fixture(scope="module")
+def vqav2_files(tmp_path_factory) -> Path:
+    from vqabench_plugins.vqav2_fixture import write_fixture
+
+    return write_fixture(tmp_path_factory.mktemp("vqav2") / "data", train_images=6, val_images=3, image_size=16)
+
+
+@pytest.fixture
+def vq(tmp_path, vqav2_files) -> SimpleNamespace:
+    """A fresh copy of the small VQA v2 set; ``img`` is the image of val2014 question 3 (the first of its image)."""
+    root = tmp_path / "data"
+    shutil.copytree(vqav2_files, root)
+    question = json.loads((root / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())["questions"][3]
+    return SimpleNamespace(root=root, tmp=tmp_path, img=f"val2014/COCO_val2014_{question['image_id']:012d}.jpg")
+
+
+def load_vq(c: SimpleNamespace):
+    from vqabench_plugins.vqav2 import VQAv2Config, load
+
+    return load(VQAv2Config(root=str(c.root), min_count=1), "vqa", c.tmp / "cache")
+
+
+# The JSON files are fine and the image is a regular file, so only decoding, before training, can tell.
+VQAV2_BROKEN_IMAGES = [
+    pytest.param(lambda c: b"this is a text file, not a JPEG\n", "UnidentifiedImageError", id="text-bytes"),
+    pytest.param(lambda c: (c.root / c.img).read_bytes()[:200], "", id="truncated-jpeg"),
+    pytest.param(lambda c: b"", "UnidentifiedImageError", id="zero-byte-jpeg"),
+    pytest.param(lambda c: bomb(), "decompression bomb refused", id="decompression-bomb"),
+]
+
+
+@pytest.mark.parametrize(("make", "reason"), VQAV2_BROKEN_IMAGES)
+def test_vqav2_broken_image_is_refused_before_training(vq, make, reason):
+    (vq.root / vq.img).write_bytes(make(vq))
+    data = load_vq(vq)
+    with pytest.raises(ImageDecodeError) as err:
+        decode(data)
+    expected = [f"cannot read image {vq.root / vq.img} (dataset vqav2): {reason}", "vqabench data prepare vqav2"]
+    assert_one_line_naming(err.value, expected)
+
+
+def _vq_link_out(c: SimpleNamespace) -> None:
+    outside = c.tmp / "outside.jpg"
+    (c.root / c.img).rename(outside)
+    (c.root / c.img).symlink_to(outside)
+
+
+def _vq_fifo(c: SimpleNamespace) -> None:
+    (c.root / c.img).unlink()
+    os.mkfifo(c.root / c.img)
+
+
+def _vq_folder_out(c: SimpleNamespace) -> None:
+    (c.root / "val2014").rename(c.tmp / "shared-coco-val2014")
+    (c.root / "val2014").symlink_to(c.tmp / "shared-coco-val2014")
+
+
+def _vq_image_id(c: SimpleNamespace, value: Any) -> None:
+    path = c.root / "v2_OpenEnded_mscoco_val2014_questions.json"
+    top = json.loads(path.read_text())
+    top["questions"][3]["image_id"] = value
+    path.write_text(json.dumps(top))
+
+
+# Image names are built from integer ids, so a bad name can only come from a bad id or from the file system.
+VQAV2_FAILING = [
+    pytest.param(_vq_fifo, ["question 3 (question_id", "is a FIFO (named pipe), not a regular file"], id="fifo-image"),
+    pytest.param(_vq_link_out, ["question 3 (question_id", "symbolic link to", "outside the dataset root"], id="link"),
+    pytest.param(_vq_folder_out, ["field image_id", "symbolic link to", "outside the dataset root"], id="folder-out"),
+    pytest.param(
+        lambda c: _vq_image_id(c, "../../etc/passwd"),
+        ["question 3 (question_id", "field image_id: is '../../etc/passwd', not a non-negative integer"],
+        id="path-as-id",
+    ),
+    pytest.param(lambda c: _vq_image_id(c, None), ["field image_id: is None, not a non-negative integer"], id="null"),
+    pytest.param(lambda c: _vq_image_id(c, -1), ["field image_id: is -1, not a non-negative integer"], id="negative"),
+]
+
+
+@pytest.mark.parametrize(("damage", "expected"), VQAV2_FAILING)
+def test_vqav2_refuses_image_names(vq, damage, expected):
+    damage(vq)
+    with pytest.raises(Exception) as err:
+        load_vq(vq)
+    assert_one_line_naming(err.value, [f"vqav2: {vq.root / 'v2_OpenEnded_mscoco_val2014_questions.json'}", *expected])
+
+
+def test_vqav2_undamaged_copy_loads_and_decodes(vq):
+    """The control: the copies the vqav2 cases damage load, pass the kind checks and decode when left alone."""
+    data = load_vq(vq)
+    get_task("vqa").check_data(data)
+    decode(data)

@@ -49,6 +49,19 @@ class VQATask(QATask):
         )
         return [*self.columns, *((k, f"Acc [{k[len(self.answer_type_prefix) :]}]") for k in types)]
 
+    def sections(self, records: Sequence[dict[str, Any]]) -> list[str]:
+        """Report 001's per-model "Metrics | Values" table and its prediction distribution (table II),
+        one collapsible block per model (lowest seed), for models whose records carry the weighted
+        metrics; two-stage recipes add the validation accuracy after each stage (tables VIII, IX)."""
+        shown: dict[str, dict[str, Any]] = {}
+        for r in sorted(records, key=lambda r: r.get("seed", 0)):
+            if "weighted_f1" in r["final"].get("test", {}):
+                shown.setdefault(r["model"], r)
+        lines: list[str] = []
+        for model, r in sorted(shown.items(), key=lambda kv: (-kv[1]["final"]["test"]["vqa_accuracy"], kv[0])):
+            lines += _metrics_block(model, r)
+        return lines
+
     def baseline(self, train: Sequence[QASample], data: Any) -> tuple[str, dict[str, Any]]:
         answer = majority_answer(train)
         # A constant confidence, so the baseline's risk-coverage (aurc) never uses the model's own.
@@ -56,3 +69,46 @@ class VQATask(QATask):
 
 
 TASK = VQATask()
+
+
+def _metrics_block(model: str, r: dict[str, Any]) -> list[str]:
+    test = r["final"]["test"]
+    best = next((h.get("val", {}) for h in r.get("history", []) if h["epoch"] == r.get("best_epoch")), {})
+    seconds = (r.get("timing") or {}).get("epoch_seconds") or []
+    rows = [
+        ("Accuracy (validation, best epoch)", _fmt(best.get("vqa_accuracy"))),
+        ("Accuracy (test)", _fmt(test.get("vqa_accuracy"))),
+        ("Precision (test, weighted)", _fmt(test.get("weighted_precision"))),
+        ("Recall (test, weighted)", _fmt(test.get("weighted_recall"))),
+        ("F1-score (test, weighted)", _fmt(test.get("weighted_f1"))),
+    ]
+    rows += [
+        (f"Accuracy (validation) after stage {s['name']}", _fmt(s.get("val", {}).get("vqa_accuracy")))
+        for s in r.get("stages") or []
+        if len(r.get("stages") or []) > 1
+    ]
+    rows += [
+        ("Time per epoch", f"{sum(seconds) / len(seconds):.1f} s" if seconds else "–"),
+        ("Total time", f"{r['timing']['total_seconds']:.1f} s"),
+    ]
+    dist = test.get("prediction_distribution") or []
+    name = r["display_name"] + (f" [{model.split('@', 1)[1]}]" if "@" in model else "")
+    lines = [
+        f"<details><summary>{name}: metrics and prediction distribution (seed {r['seed']})</summary>",
+        "",
+        "| Metrics | Values |",
+        "| --- | --- |",
+        *(f"| {k} | {v} |" for k, v in rows),
+        "",
+        "| Predicted answer (test) | Count |",
+        "| --- | --- |",
+        *(f"| {a} | {n} |" for a, n in dist),
+        "",
+        "</details>",
+        "",
+    ]
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
