@@ -97,6 +97,7 @@ def _recipe(epochs: int, augment: tuple[str, ...] = (), stages: tuple[Stage, ...
         augment=augment,
         report_epochs=(),
         stages=stages,
+        train_metrics=True,  # report 001's tables give training accuracy beside validation accuracy
     )
 
 

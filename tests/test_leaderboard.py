@@ -432,6 +432,7 @@ def test_report_001_metrics_block_per_model_with_its_prediction_distribution_and
     assert text.count("<details>") == 1 and "DINO-BERT two-stage: metrics and prediction distribution" in text
     for row in (
         "| Accuracy (validation, best epoch) | 0.340 |",
+        "| Accuracy (training sample, best epoch) | – |",  # train.train_metrics off
         "| Accuracy (test) | 0.350 |",
         "| Precision (test, weighted) | 0.470 |",
         "| F1-score (test, weighted) | 0.220 |",

@@ -283,3 +283,24 @@ def test_scoped_overrides_reach_only_their_model(only_example, tmp_path):
             [],
             RunOptions(**{**opts.__dict__, "model_overrides": {"example-bw:hidden": "7"}, "out": tmp_path}),
         )
+
+
+def test_train_metrics_score_a_training_sample_as_large_as_the_validation_one(opts):
+    import dataclasses
+
+    registry, infos = load_plugins()
+    plain = dataclasses.replace(opts, models=("example-bow",), tasks=("example-colors/vqa",))
+    run(registry, infos, plain)
+    ((_, without),) = list(iter_records(opts.out))
+    assert not any(k.startswith("train_") for h in without["history"] for k in h["val"])
+    more = dataclasses.replace(plain, out=opts.out.parent / "more", model_overrides={"train.train_metrics": "true"})
+    run(registry, infos, more)
+    ((_, rec),) = list(iter_records(more.out))
+    for h in rec["history"]:
+        assert 0.0 <= h["val"]["train_vqa_accuracy"] <= 1.0 and "train_weighted_f1" in h["val"]
+        # The validation metrics themselves are those of the run without it: the same training.
+        assert (
+            h["val"]["vqa_accuracy"]
+            == next(w for w in without["history"] if w["epoch"] == h["epoch"])["val"]["vqa_accuracy"]
+        )
+    assert rec["final"] == without["final"]

@@ -79,6 +79,9 @@ class TrainConfig:
     streams: tuple[str, ...] = ("train",)
     val_every: int = 1  # validate every N epochs (and after the last); for costly validation
     val_limit: int | None = None  # validate on a seeded sample of at most N val samples
+    # Also score a seeded sample of the training split (as large as the validation sample, in eval
+    # mode, unaugmented) at each validation: history's "train_<metric>" (report 001's training accuracy).
+    train_metrics: bool = False
     # Stop a stage once its best validation metric has not improved for this many validations
     # in a row (a plateau; report 001's stage 1); 0 trains every epoch of the stage.
     patience: int = 0

@@ -238,17 +238,27 @@ def run_cell(
     return "done", {"record": str(where / "record.json")}
 
 
-def _validate(prep: Prepared) -> dict[str, Any]:
-    """Scalar validation metrics (on a seeded sample when ``val_limit``), and the loss if selected."""
-    samples = limit_samples(prep.splits["val"], prep.train.val_limit, prep.opts.seed)
-    precision = prep.train.precision
+def _scalars(prep: Prepared, split: str, samples: list[Any]) -> dict[str, Any]:
+    """The task's scalar metrics of the model's predictions on ``samples`` of ``split``."""
     lines = evaluate.predict(
-        prep.model, prep.batches("val", samples=samples), samples, prep.cell.kind, prep.device, precision
+        prep.model, prep.batches(split, samples=samples), samples, prep.cell.kind, prep.device, prep.train.precision
     )
     scored = evaluate.score(prep.cell.kind, lines, **prep.task.score_options(prep.data))
-    out = {k: v for k, v in scored.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v for k, v in scored.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _validate(prep: Prepared) -> dict[str, Any]:
+    """Scalar validation metrics (on a seeded sample when ``val_limit``), the loss if selected, and
+    with ``train.train_metrics`` the same metrics on as many training samples (``train_`` keys)."""
+    samples = limit_samples(prep.splits["val"], prep.train.val_limit, prep.opts.seed)
+    out = _scalars(prep, "val", samples)
     if prep.train.best_metric == "val_loss":
-        out["val_loss"] = evaluate.mean_loss(prep.model, prep.batches("val", samples=samples), prep.device, precision)
+        batches = prep.batches("val", samples=samples)
+        out["val_loss"] = evaluate.mean_loss(prep.model, batches, prep.device, prep.train.precision)
+    if prep.train.train_metrics:
+        split = prep.train.resolved_stages()[0].streams[0] if prep.train.resolved_stages()[0].streams else "train"
+        seen = limit_samples(prep.splits[split], len(samples), prep.opts.seed)
+        out.update({f"train_{k}": v for k, v in _scalars(prep, split, seen).items()})
     return out
 
 

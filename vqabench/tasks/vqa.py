@@ -77,6 +77,7 @@ def _metrics_block(model: str, r: dict[str, Any]) -> list[str]:
     seconds = (r.get("timing") or {}).get("epoch_seconds") or []
     rows = [
         ("Accuracy (validation, best epoch)", _fmt(best.get("vqa_accuracy"))),
+        ("Accuracy (training sample, best epoch)", _fmt(best.get("train_vqa_accuracy"))),
         ("Accuracy (test)", _fmt(test.get("vqa_accuracy"))),
         ("Precision (test, weighted)", _fmt(test.get("weighted_precision"))),
         ("Recall (test, weighted)", _fmt(test.get("weighted_recall"))),
