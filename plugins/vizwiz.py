@@ -50,7 +50,6 @@ import hashlib
 import json
 import math
 import os
-import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -61,9 +60,11 @@ from vqabench.files import (
     UnsafePathError,
     atomic_write_json,
     atomic_write_text,
+    check_regular_file,
     contained,
     dataset_root,
     describe_os_error,
+    file_sha256,
 )
 from vqabench.hookspecs import hookimpl
 from vqabench.registry import DatasetSpec
@@ -84,7 +85,6 @@ ANNOTATIONS = "Annotations"
 # Bumped when the index's shape changes, so an index an older vqabench wrote is never misread.
 INDEX_FORMAT = 1
 INDEX_FILE = "index.json"
-HASH_CHUNK = 1 << 20
 
 
 class DatasetError(ValueError):
@@ -152,24 +152,14 @@ def locate(root: Path) -> dict[str, Path]:
 
 
 def _check_regular(path: Path) -> None:
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise DatasetError(f"vizwiz: {describe_os_error(exc, path, 'reading')}") from None
-    # A FIFO would block the first read forever; a directory would fail it less clearly.
-    if not stat.S_ISREG(mode):
-        raise DatasetError(f"vizwiz: {path} is not a regular file; put the official annotation file there")
+    check_regular_file(path, dataset=NAME, fix="put the official annotation file there", error=DatasetError)
 
 
 def _file_digest(path: Path) -> bytes:
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(HASH_CHUNK):
-                digest.update(chunk)
+        return file_sha256(path)
     except OSError as exc:
         raise DatasetError(f"vizwiz: {describe_os_error(exc, path, 'reading')}") from None
-    return digest.digest()
 
 
 def revision(files: dict[str, Path], config: VizWizConfig) -> str:

@@ -80,7 +80,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -102,7 +101,7 @@ from vqabench_plugins.vqav2_index import (
     write_index,
 )
 
-from vqabench.files import UnsafePathError, contained, dataset_root, describe_os_error
+from vqabench.files import UnsafePathError, check_regular_file, contained, dataset_root, describe_os_error, file_sha256
 from vqabench.hookspecs import hookimpl
 from vqabench.registry import DatasetSpec
 from vqabench.tasks import TaskData, TaskKind, kind_name
@@ -114,7 +113,6 @@ VOCABS = ("top", "all")
 IMAGE_ZIPS = {"train2014": "train2014.zip", "val2014": "val2014.zip"}
 # Report 001: "the first 100,000 samples" for training and "the last 9000" for validation, of "around 110k".
 REPORT_SAMPLE, REPORT_TRAIN, REPORT_VAL = 110_000, 100_000, 9_000
-HASH_CHUNK = 1 << 20
 DOWNLOADS = ", ".join(f.zip for f in FILES) + ", " + ", ".join(IMAGE_ZIPS.values())
 
 
@@ -189,27 +187,18 @@ def locate(root: Path) -> dict[str, Path]:
 
 
 def _check_regular(path: Path) -> None:
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise DatasetError(f"vqav2: {describe_os_error(exc, path, 'reading')}") from None
-    # A FIFO would block the first read forever; a directory would fail it less clearly.
-    if not stat.S_ISREG(mode):
-        raise DatasetError(f"vqav2: {path} is not a regular file; put the official JSON file there")
+    check_regular_file(path, dataset=NAME, fix="put the official JSON file there", error=DatasetError)
 
 
 def files_digest(files: dict[str, Path]) -> str:
     """sha256 of the four files' bytes (and the index format): the key of the cached index."""
     digest = hashlib.sha256(f"vqav2 index {INDEX_FORMAT}\n".encode())
     for key in sorted(files):
-        part = hashlib.sha256()
         try:
-            with open(files[key], "rb") as fh:
-                while chunk := fh.read(HASH_CHUNK):
-                    part.update(chunk)
+            part = file_sha256(files[key])
         except OSError as exc:
             raise DatasetError(f"vqav2: {describe_os_error(exc, files[key], 'reading')}") from None
-        digest.update(key.encode() + b"\0" + part.digest())
+        digest.update(key.encode() + b"\0" + part)
     return digest.hexdigest()
 
 

@@ -329,6 +329,28 @@ def _inside(path: str, base: str) -> bool:
     return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
+def file_sha256(path: Path) -> bytes:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (never all at once)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            hasher.update(block)
+    return hasher.digest()
+
+
+def check_regular_file(path: Path, *, dataset: str, fix: str, error: type[Exception] = ValueError) -> None:
+    """``error`` naming ``path`` unless it is a regular file (it is read whole later).
+
+    A FIFO would block the first read forever; a directory would fail it less clearly.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise error(f"{dataset}: {describe_os_error(exc, path, 'reading')}") from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{dataset}: {path} is not a regular file; {fix}")
+
+
 def dataset_root(value: str, *, dataset: str, holds: str, flag: str, error: type[Exception] = ValueError) -> Path:
     """The directory a dataset's ``root`` config names, or ``error`` naming the flag and what the folder holds.
 

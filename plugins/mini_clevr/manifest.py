@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vqabench.files import UnsafePathError, contained, describe_os_error
+from vqabench.files import UnsafePathError, contained, describe_os_error, file_sha256
 
 MANIFEST = "manifest.json"
 FORMAT = "mini-clevr-manifest/1"
@@ -110,9 +110,4 @@ def _check_table(files: Any) -> None:
 
 
 def _sha256(path: Path) -> str:
-    """The sha256 of a file, read in 1 MiB blocks (never all at once)."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            hasher.update(block)
-    return hasher.hexdigest()
+    return file_sha256(path).hex()
