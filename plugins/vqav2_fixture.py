@@ -53,7 +53,7 @@ def _answers(main: str, others: Sequence[str], rng: np.random.Generator) -> list
     return out
 
 
-def _image(scene: dict[str, Any], size: int, rng: np.random.Generator) -> Image.Image:
+def draw_image(scene: dict[str, Any], size: int, rng: np.random.Generator) -> Image.Image:
     """A light, noisy picture: the shape in the upper part, ``dots`` white dots on a dark strip below."""
     pixels = rng.integers(150, 200, (size, size, 3)).astype(np.uint8)
     image = Image.fromarray(pixels)
@@ -117,7 +117,7 @@ def _split(
     for image_id in image_ids:
         scene = {"colour": str(rng.choice(list(COLOURS))), "shape": str(rng.choice(SHAPES))}
         scene["dots"] = int(rng.integers(1, 5))
-        _image(scene, size, rng).save(folder / f"COCO_{split}_{image_id:012d}.jpg", "JPEG", quality=90)
+        draw_image(scene, size, rng).save(folder / f"COCO_{split}_{image_id:012d}.jpg", "JPEG", quality=90)
         for k in range(questions_per_image):
             record = _question(PATTERN[n % len(PATTERN)], scene, rng)
             qid = image_id * 1000 + k

@@ -24,6 +24,7 @@ import pytest
 import torch
 from helpers import NARROW_RESNET, QUESTION_WORDS, TINY_CLIP, save_tiny_sentence_transformer
 from test_contracts import REGISTRY
+from vqabench_plugins.clip_decoder import VARIANTS as CLIP_DECODERS
 
 from vqabench.config import apply_overrides
 from vqabench.data import ImageStore
@@ -79,13 +80,43 @@ def _small_clip_linear(spec, sbert):
     return build_clip_linear(cfg, VOCAB, list(VIZWIZ_ANSWER_TYPES))
 
 
+def _small_clip_cosine(spec, sbert):
+    from vqabench_plugins.clip_cosine import build_clip_cosine
+
+    # Random frozen towers (the quick profile would first pretrain the Mini-CLEVR CLIP).
+    cfg = dataclasses.replace(
+        spec.config_cls(), arch="ViT-B-32", model_cfg=TINY_CLIP, pretrained=False, checkpoint="", hidden=32
+    )
+    return build_clip_cosine(cfg, VOCAB)
+
+
+def _small_clip_cosine_zeroshot(spec, sbert):
+    from vqabench_plugins.clip_cosine import build_clip_cosine_zeroshot
+
+    cfg = dataclasses.replace(spec.config_cls(), arch="ViT-B-32", model_cfg=TINY_CLIP, checkpoint="")
+    return build_clip_cosine_zeroshot(cfg, VOCAB, pretrained=False)
+
+
 # Models of other kinds whose family tests check the same contract on their own batches.
 OWN_CACHE_TEST = {
-    "clip-zeroshot": "tests/plugins/test_clip_zeroshot.py::test_cached_stem_features_give_the_same_predictions"
+    "clip-zeroshot": "tests/plugins/test_clip_zeroshot.py::test_cached_stem_features_give_the_same_predictions",
+    **dict.fromkeys(
+        CLIP_DECODERS, "tests/plugins/test_clip_decoder.py::test_cached_stem_features_give_the_same_outputs"
+    ),
+    **dict.fromkeys(
+        ("clip-prefix-caption", "clip-prefix-caption-dann"),
+        "tests/plugins/test_clip_prefix.py::test_cached_features_give_the_same_loss_and_captions",
+    ),
 }
 
 # Paper architectures, small and random, per family; other families use their quick profile.
-SMALL = {"resnet-sbert": _small_resnet_sbert, "clip-lora": _small_clip_lora, "clip-linear": _small_clip_linear}
+SMALL = {
+    "resnet-sbert": _small_resnet_sbert,
+    "clip-lora": _small_clip_lora,
+    "clip-linear": _small_clip_linear,
+    "clip-cosine": _small_clip_cosine,
+    "clip-cosine-zeroshot": _small_clip_cosine_zeroshot,
+}
 
 
 def _data(kind: TaskKind, root) -> TaskData:

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from vqabench_plugins.caption_fixture import write_coco, write_flickr30k
+from vqabench_plugins.vg_fixture import write_fixture as write_vg
 from vqabench_plugins.vizwiz_fixture import write_fixture
 from vqabench_plugins.vqav2_fixture import write_fixture as write_vqav2
 
@@ -20,7 +22,11 @@ from vqabench.tasks.base import CollateContext, Streams
 from vqabench.vocab import AnswerTargets
 
 # Small dataset options per dataset, so each contract test generates in a second or two.
-TINY_DATA = {"mini-clevr": {"images": 24, "image_size": 48, "zeroshot_per_class": 10}, "example-colors": {}}
+TINY_DATA = {
+    "mini-clevr": {"images": 24, "image_size": 48, "zeroshot_per_class": 10},
+    "mini-clevr-relations": {"images": 24, "image_size": 48, "zeroshot_per_class": 10},
+    "example-colors": {},
+}
 
 
 def _image_folder(root):
@@ -36,7 +42,12 @@ def _image_folder(root):
 # Datasets that read a user's files: their options after writing a small tree under the given path.
 TINY_FILES = {
     "image-folder": _image_folder,
+    "coco-captions": lambda root: {"root": str(write_coco(root, train_images=2, val_images=3, image_size=16))},
+    "flickr30k": lambda root: {
+        "root": str(write_flickr30k(root, train_images=2, val_images=1, test_images=1, image_size=16))
+    },
     "vizwiz": lambda root: {"root": str(write_fixture(root, train=10, val=4, test=2, image_size=16))},
+    "visual-genome": lambda root: {"root": str(write_vg(root, images=10, image_size=16))},
     # min_count=1: on 18 questions no answer reaches the full-size rule's 9.
     "vqav2": lambda root: {
         "root": str(write_vqav2(root, train_images=6, val_images=3, questions_per_image=2, image_size=16)),
@@ -113,6 +124,16 @@ def _four_samples(kind: str, root) -> TaskData:
     return data
 
 
+def _tiny_caption_lm(root):
+    """A random caption LM saved as ``vqabench pretrain caption-lm`` saves one; its artefact file."""
+    from vqabench_plugins.clip_decoder_lm import CaptionLMConfig, new_model, save
+
+    cfg = CaptionLMConfig(layers=1, width=32, heads=2)
+    model, tokenizer = new_model(cfg, ["a red square", "a blue square"])
+    root.mkdir(parents=True, exist_ok=True)
+    return save(model, cfg, tokenizer, root)
+
+
 def _local_checkpoints(cfg, tmp_path):
     """``cfg`` with each ``pretrain:`` reference replaced by a small random checkpoint of the same
     form (the real one takes minutes to train), in the architecture the config asks for."""
@@ -123,7 +144,11 @@ def _local_checkpoints(cfg, tmp_path):
     found = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if isinstance(value, str) and value.startswith(SCHEME):
+        if isinstance(value, str) and value.startswith(f"{SCHEME}caption-lm/"):
+            found[f.name] = str(_tiny_caption_lm(tmp_path / "caption-lm"))  # a language model, not a CLIP
+        elif isinstance(value, str) and value.startswith(f"{SCHEME}clip-prefix/"):
+            found[f.name] = "none"  # a captioner's stage 1, not a CLIP: mapper and decoder from random init
+        elif isinstance(value, str) and value.startswith(SCHEME):
             model_cfg = dict(getattr(cfg, "model_cfg", None) or {}) or None
             found[f.name] = str(save_tiny_clip_checkpoint(tmp_path / "pretrained", model_cfg))
     return dataclasses.replace(cfg, **found)

@@ -203,7 +203,10 @@ def test_a_plugin_registered_task_kind_runs_scores_and_gets_a_table(tmp_path, on
 def test_a_best_metric_the_task_does_not_produce_fails_before_training(tmp_path, only_example):
     proc = run_in(tmp_path, "example-bow", "example-colors/vqa", "--set", "train.best_metric=top1")
     assert proc.returncode == 2
-    assert "'top1' is not produced by task kind 'vqa'" in proc.stderr and "vqa_accuracy" in proc.stderr
+    assert (
+        "'top1' (train.best_metric / train.keep_best) is not produced by task kind 'vqa'" in proc.stderr
+        and "vqa_accuracy" in proc.stderr
+    )
     assert not (tmp_path / "runs" / "example-colors").exists()
 
 
@@ -256,3 +259,66 @@ def test_no_per_kind_branch_outside_the_tasks_package():
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_kept_checkpoints_variants_and_figures_reach_the_record_and_the_leaderboard(tmp_path, only_example):
+    from helpers import save_tiny_clip_checkpoint
+
+    clip = save_tiny_clip_checkpoint(tmp_path / "clip")
+    lb = tmp_path / "lb"
+    proc = run_in(
+        tmp_path, "example-caption", "example-colors/captioning", "--clipscore", f"ViT-B-32@{clip}",
+        "--leaderboards", str(lb),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    where = cell_dir(tmp_path / "runs", "example-colors", "captioning", "example-caption", "quick", 0)
+    rec = json.loads((where / "record.json").read_text())
+    # One checkpoint per selection metric, each at the epoch whose validation value was best.
+    validated = [h for h in rec["history"] if "val" in h]
+    for name, higher in (("val_loss", False), ("cider", True), ("clipscore", True)):
+        values = [h["val"][name] for h in validated]
+        best = (max if higher else min)(values)
+        chosen = rec["selections"][name]
+        assert chosen["val"] == best and chosen["epoch"] == validated[values.index(best)]["epoch"]
+        assert set(chosen["test"]) >= {"cider", "bleu_4", "clipscore"}
+        assert (where / "ckpt" / "1-train" / f"best-{name}.safetensors").is_file()
+    assert rec["selections"]["cider"]["test"] == {
+        k: v for k, v in rec["final"]["test"].items() if k != "clipscore_model"
+    }
+    # The default prediction and the variant, each scored on the test split with its speed.
+    top, runner_up = rec["variants"]
+    assert top["name"] == "top-1" and runner_up["name"] == "runner-up"
+    assert top["test"]["cider"] == rec["final"]["test"]["cider"] != runner_up["test"]["cider"]
+    assert top["samples_per_second"] > 0 and runner_up["samples_per_second"] > 0
+    assert (where / "predictions-test.runner-up.jsonl").is_file()
+    # Every test line carries its own CLIPScore; the record's is their mean.
+    lines = [json.loads(x) for x in (where / "predictions-test.jsonl").read_text().splitlines()]
+    assert sum(ln["clipscore"] for ln in lines) / len(lines) == pytest.approx(rec["final"]["test"]["clipscore"])
+    # The model's figure is in the record, copied next to the leaderboard and linked from it.
+    (fig,) = rec["figures"]
+    assert (where / fig["file"]).is_file() and fig["file"].startswith("figures/")
+    board = (lb / "example-colors.md").read_text()
+    assert "### Model Saved Methods" in board and "By best CLIPScore" in board
+    assert "### Decoding" in board and "runner-up" in board and "### Trainable Parameters" in board
+    link = re.search(r"\[image [^\]]+\]\((figures/[^)]+\.png)\)", board)
+    assert link and (lb / link.group(1)).is_file()
+
+
+def test_a_selection_metric_validation_cannot_produce_is_noted_not_fatal(tmp_path, only_example):
+    # Without --clipscore, validation has no CLIPScore: that selection keeps nothing and says why.
+    proc = run_in(tmp_path, "example-caption", "example-colors/captioning")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rec = json.loads(
+        (
+            cell_dir(tmp_path / "runs", "example-colors", "captioning", "example-caption", "quick", 0) / "record.json"
+        ).read_text()
+    )
+    assert rec["selections"]["clipscore"]["epoch"] is None
+    assert "--clipscore" in rec["selections"]["clipscore"]["note"]
+    assert rec["selections"]["val_loss"]["epoch"] is not None
+
+
+def test_a_selection_metric_the_kind_does_not_produce_fails_before_training(tmp_path, only_example):
+    proc = run_in(tmp_path, "example-caption", "example-colors/captioning", "--set", "train.keep_best=vqa_accuracy")
+    assert proc.returncode != 0
+    assert "selection metric 'vqa_accuracy'" in proc.stderr and "cider" in proc.stderr

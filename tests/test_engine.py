@@ -429,11 +429,13 @@ class Setup:
         lines = self.evaluate.predict(self.model, val, self.val, "zeroshot", torch.device("cpu"))
         return {k: v for k, v in self.task.score(lines, num_classes=3).items() if isinstance(v, float)}
 
-    def fit(self, cfg, ckpt, metric="top1"):
+    def fit(self, cfg, ckpt, metric="top1", keep=()):
         from vqabench.engine import fit
 
         best = self.task.check_best_metric(metric)
-        return fit(self.model, cfg, self.streams_for, self.validate, best, torch.device("cpu"), ckpt, progress=False)
+        kept = {m: self.task.check_best_metric(m) for m in keep}
+        cpu = torch.device("cpu")
+        return fit(self.model, cfg, self.streams_for, self.validate, best, cpu, ckpt, progress=False, keep=kept)
 
 
 def recipe(**kw):
@@ -473,6 +475,24 @@ def test_fit_keeps_the_best_epoch_in_the_metric_direction(tmp_path, metric, best
     # The best epoch's weights are restored at the end.
     for key, value in s.model.state_dict().items():
         assert torch.equal(value, s.snapshots[best - 1][key]), key
+
+
+def test_fit_keeps_a_checkpoint_per_further_selection_metric_and_resumes_them(tmp_path):
+    from vqabench.checkpoint import load_weights_file
+
+    s = Setup(scripted=[0.5, 0.9, 0.2, 0.6])
+    result = s.fit(recipe(epochs=4), tmp_path / "ckpt", keep=("top1", "val_loss"))
+    assert result.best_epoch == 2
+    assert {k: (v["epoch"], v["value"]) for k, v in result.kept.items()} == {"top1": (2, 0.9), "val_loss": (3, 0.2)}
+    for name, epoch in (("top1", 2), ("val_loss", 3)):
+        saved = load_weights_file(result.kept[name]["path"])
+        assert result.kept[name]["path"].name == f"best-{name}.safetensors"
+        for key, value in saved.items():
+            assert torch.equal(value, s.snapshots[epoch - 1][key]), (name, key)
+    # A finished recipe run again reports the same kept checkpoints without training.
+    again = Setup(scripted=[0.0] * 4)
+    resumed = again.fit(recipe(epochs=4), tmp_path / "ckpt", keep=("top1", "val_loss"))
+    assert again.calls == 0 and resumed.kept == result.kept
 
 
 def test_fit_validates_every_n_epochs_and_after_the_last(tmp_path):

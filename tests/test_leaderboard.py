@@ -223,7 +223,9 @@ def test_captioning_columns():
     r = record("cap", 0, test, kind="captioning", val=(0.5, 0.7), profile="paper")
     text = render([r])["mini-clevr"]
     assert "## captioning — paper profile" in text
-    assert cells(text) == [
+    main, params = text.split("### Trainable Parameters")
+    assert cells(params) == [["Settings", "Trainable Parameters"], ["cap", "1.23 M"]]
+    assert cells(main) == [
         [
             "Model",
             "Weights",
@@ -238,6 +240,40 @@ def test_captioning_columns():
         ],
         ["cap", "pretrained", "1.23 M", "0.700", "0.600", "0.200", "0.250", "0.450", "0.810", "2m 05s"],
     ]
+
+
+def test_captioning_sections_follow_reports_003_and_004():
+    from vqabench.tasks.caption_tables import decoding_table, selections_table, splits_table
+
+    test = {"bleu_1": 0.6, "bleu_2": 0.5, "bleu_3": 0.4, "bleu_4": 0.3, "meteor": 0.25, "rouge_l": 0.45, "cider": 0.8}
+    r = record("cap", 0, test, kind="captioning")
+    r["final"]["target_test"] = {**test, "cider": 0.5}
+    r["selections"] = {
+        "val_loss": {"epoch": 3, "val": 1.2, "split": "test", "test": {"cider": 0.7, "clipscore": 0.71}},
+        "cider": {"epoch": 4, "val": 0.9, "split": "test", "test": {"cider": 0.8, "clipscore": 0.72}},
+        "clipscore": {"epoch": None, "val": None, "split": "test", "note": "validation never produced clipscore"},
+    }
+    r["variants"] = [
+        {"name": "greedy-50", "split": "test", "test": {"cider": 0.8}, "samples_per_second": 120.0},
+        {"name": "beam5", "split": "test", "test": {"cider": 0.9}, "samples_per_second": 30.5},
+    ]
+    assert cells("\n".join(selections_table([r]))) == [
+        ["Model", "Model Saved Method", "Epoch", "CIDEr", "CLIPScore", "Note"],
+        ["cap", "By best validation loss", "3", "0.700", "0.710", ""],
+        ["cap", "By best CIDEr", "4", "0.800", "0.720", ""],
+        ["cap", "By best CLIPScore", "–", "–", "–", "validation never produced clipscore"],
+    ]
+    assert cells("\n".join(decoding_table([r]))) == [
+        ["Model", "Decoding", "CIDEr", "CLIPScore", "Captions / s"],
+        ["cap", "greedy-50", "0.800", "–", "120.0"],
+        ["cap", "beam5", "0.900", "–", "30.5"],
+    ]
+    rows = cells("\n".join(splits_table([r])))
+    assert rows[0] == ["Model", "Split", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
+    assert [row[:2] + row[-1:] for row in rows[1:]] == [["cap", "target_test", "0.5000"], ["cap", "test", "0.8000"]]
+    # One evaluated test split: the main table says it all.
+    del r["final"]["target_test"]
+    assert splits_table([r]) == []
 
 
 def test_render_one_file_per_dataset_one_table_per_kind_and_profile():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -92,16 +93,27 @@ def test_best_metric_defaults_to_the_primary_metric(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_best_metric_the_kind_does_not_produce_fails_naming_what_it_produces(kind):
     task = get_task(kind)
-    produced = ", ".join([*task.metric_names, "val_loss"])
+    produced = ", ".join([*task.metric_names, *task.run_score_prefixes, "val_loss"])
     with pytest.raises(
         ValueError,
-        match=rf"train\.best_metric 'bleu_9' is not produced by task kind '{kind}'; it produces: {produced}$",
+        match=rf"selection metric 'bleu_9' \(train\.best_metric / train\.keep_best\) is not produced by task kind "
+        rf"'{kind}'; it produces: {re.escape(produced)}$",
     ):
         task.check_best_metric("bleu_9")
 
 
+def test_a_run_level_score_can_select_checkpoints():
+    # CLIPScore needs the run's scorer, so it is not among the kind's stored-prediction metrics.
+    assert get_task("captioning").check_best_metric("clipscore").higher_is_better
+    with pytest.raises(ValueError, match="'clipscore' .* task kind 'vqa'"):
+        get_task("vqa").check_best_metric("clipscore")
+
+
 def test_a_metric_another_kind_produces_is_not_a_best_metric():
-    with pytest.raises(ValueError, match=r"'top1' is not produced by task kind 'vqa'; it produces: vqa_accuracy, "):
+    with pytest.raises(
+        ValueError,
+        match=r"'top1' \(train.best_metric / train.keep_best\) is not produced by task kind 'vqa'; it produces: vqa_",
+    ):
         get_task("vqa").check_best_metric("top1")
     assert get_task("vqa").check_best_metric("weighted_f1").name == "weighted_f1"
 
@@ -203,17 +215,25 @@ def test_zeroshot_baseline_needs_training_samples_and_class_names():
     assert task.baseline([ImageSample("i", "/x.png", 0)], data("zeroshot")) is None
 
 
-def test_captioning_baseline_is_the_most_frequent_caption():
+def test_captioning_baseline_is_the_training_caption_with_the_best_validation_cider():
     train = [
         CaptionSample("a", "/a.png", ("a red square", "a blue circle")),
         CaptionSample("b", "/b.png", ("a blue circle", "a red square", "two shapes")),
     ]
+    val = [
+        CaptionSample("v", "/v.png", ("two shapes on grey", "two shapes")),
+        CaptionSample("w", "/w.png", ("shapes",)),
+    ]
     task = get_task("captioning")
-    # A tie between the two frequent captions goes to the alphabetically first.
-    assert task.baseline(train, data("captioning")) == (
-        'Most frequent caption ("a blue circle")',
-        {"caption": "a blue circle"},
+    # The rarest training caption is the only one that matches the validation references.
+    with_val = TaskData("d", "captioning", "/root", {"train": train, "val": val}, "r0")
+    assert task.baseline(train, with_val) == (
+        'Best single training caption ("two shapes")',
+        {"caption": "two shapes"},
     )
+    # Without a val split the training references are scored. Captions in every image's references have
+    # idf 0 there, so CIDEr-D gives them 0 and the caption only one image has wins.
+    assert task.baseline(train, data("captioning"))[1] == {"caption": "two shapes"}
     assert task.baseline([], data("captioning")) is None
 
 

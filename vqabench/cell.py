@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 import vqabench
-from vqabench import evaluate
+from vqabench import distributed, evaluate
 from vqabench.config import EvalConfig, Stage, TrainConfig, apply_overrides, eval_config, to_jsonable, train_config
 from vqabench.data import Batches, limit_samples
 from vqabench.device import device_name, peak_memory, pick_device, reset_peak_memory
@@ -129,7 +129,8 @@ def check_recipe(cell: Cell, mcfg: Any) -> None:
     train = train_config(mcfg)
     if train is None:
         return
-    cell.task.check_best_metric(train.best_metric)
+    for metric in (train.best_metric, *train.keep_best):
+        cell.task.check_best_metric(metric)
     for stage in train.resolved_stages():
         if not stage.streams:
             raise ValueError(f"model {cell.ref}: stage {stage.name!r} has no training streams")
@@ -275,7 +276,7 @@ def needed_splits(mcfg: Any) -> list[str]:
     if train is not None:
         for stage in train.resolved_stages():
             names.extend(stage.streams or ())
-        names.append("val")
+        names.append(train.val_split)
     names.extend(ev.splits)
     return list(dict.fromkeys(names))
 
@@ -292,7 +293,7 @@ def prepare(cell: Cell, opts: RunOptions, mcfg: Any, dcfg: Any, data: TaskData) 
     for name, samples in splits.items():
         if not samples:
             raise ValueError(f"dataset {data.dataset!r} ({data.kind}): split {name!r} is empty")
-    device = pick_device(opts.device)
+    device = distributed.place(pick_device(opts.device))  # several ranks: each its own GPU
     model, compiled, pretrained = build_model(cell, mcfg, data, device, opts)
     check_lr_groups(cell, opts, mcfg, model)  # needs the model's groups; before images are decoded
     task = cell.task
@@ -415,6 +416,7 @@ def build_record(
         "final": final,
         "baseline": baseline,
         "vocab": vocab_note(prep),
+        "data_notes": prep.data.notes,
         "warnings": list(prep.warnings),
         "timing": {"total_seconds": total_seconds, "inference_samples_per_second": inference_rate},
         "memory": peak_memory(prep.device),
@@ -430,6 +432,14 @@ def build_record(
     if fit is None:
         record["training"] = "not trained (evaluation only)"
         return record
+    if distributed.world_size() > 1:
+        # The recipe's batch is the global one and its rates are used as given on any number of ranks.
+        record["config"]["parallel"] = {
+            "world_size": distributed.world_size(),
+            "effective_batch_size": prep.train.batch_size,
+            "batch_size_per_rank": prep.train.batch_size / distributed.world_size(),
+            "lrs": {s.name: dict(s.lrs) for s in prep.train.resolved_stages()},
+        }
     record.update(
         history=fit.history,
         step_losses=fit.step_losses,

@@ -120,7 +120,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vqabench import leaderboard
+    from vqabench import distributed, leaderboard
     from vqabench.files import check_writable_dir
     from vqabench.plugins import load_plugins
     from vqabench.results import iter_records
@@ -153,23 +153,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         lr_groups=tuple(lrs),
     )
+    executor = None
+    if args.ray_address and args.executor != "ray":
+        raise ValueError("--ray-address is for --executor ray; add --executor ray")
+    if args.executor == "ray":
+        from vqabench.executors import RayExecutor
+
+        if distributed.world_size() > 1:
+            raise ValueError("--executor ray: run it as one process (not under torchrun / accelerate launch)")
+        executor = RayExecutor(address=args.ray_address, progress=not args.no_progress)
     registry, infos = load_plugins()
     cells, skipped = plan(registry, opts)
-    print(
-        tabulate(
-            [[str(c.ref), f"{c.dataset.name}/{c.kind}", "planned", ""] for c in cells]
-            + [[s.model, s.task, "skipped", s.reason] for s in skipped],
-            headers=["model", "task", "status", "reason"],
+    if distributed.is_main():  # with several ranks (torchrun), rank 0 alone reports
+        print(
+            tabulate(
+                [[str(c.ref), f"{c.dataset.name}/{c.kind}", "planned", ""] for c in cells]
+                + [[s.model, s.task, "skipped", s.reason] for s in skipped],
+                headers=["model", "task", "status", "reason"],
+            )
         )
-    )
     if args.list:
         return 0
-    ledger = run(registry, infos, opts)
+    ledger = run(registry, infos, opts, executor)
+    if not distributed.is_main():
+        return 1 if any(v["state"] == "failed" for v in ledger.cells.values()) else 0
     print()
     print(tabulate(ledger.summary(), headers=["cell", "state", "reason / error"], maxcolwidths=[None, None, 80]))
-    records = [r for _, r in iter_records(opts.out)]
-    if records:
-        for path in leaderboard.write(records, Path(args.leaderboards or opts.out / "leaderboards")):
+    found = list(iter_records(opts.out))
+    if found:
+        records, dirs = [r for _, r in found], [p.parent for p, _ in found]
+        for path in leaderboard.write(records, Path(args.leaderboards or opts.out / "leaderboards"), dirs):
             print(f"leaderboard: {path}")
     return 1 if any(v["state"] == "failed" for v in ledger.cells.values()) else 0
 
@@ -199,10 +212,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     load_plugins()  # task kinds that plugins register render with their own columns
     from vqabench.results import iter_records
 
-    records = [r for _, r in iter_records(Path(args.runs))]
-    if not records:
+    found = list(iter_records(Path(args.runs)))
+    if not found:
         raise FileNotFoundError(f"no result records (record.json) under {args.runs}: give the --out of a vqabench run")
-    for path in leaderboard.write(records, Path(args.out)):
+    for path in leaderboard.write([r for _, r in found], Path(args.out), [p.parent for p, _ in found]):
         print(f"wrote {path}")
     return 0
 
@@ -271,7 +284,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     )
     print(json.dumps({"path": str(done.artifact), "key": done.key, **done.summary()["evaluation"]}, indent=2))
     print(
-        f"\nrecord: {done.path / 'record.json'}; models load it with --set checkpoint=pretrain:{args.name}/{args.data}"
+        f"\nrecord: {done.path / 'record.json'}; a model config field (the family's weights field, e.g. "
+        f"--set checkpoint=...) loads it as pretrain:{args.name}/{args.data}"
     )
     return 0
 
@@ -352,6 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-cache", action="store_true", help="recompute frozen encoders every step (no feature cache)")
     r.add_argument(
         "--clipscore", metavar="ARCH@WEIGHTS", help="score captions with this CLIP too (e.g. ViT-B-32@openai)"
+    )
+    r.add_argument(
+        "--executor",
+        default="sequential",
+        choices=["sequential", "ray"],
+        help="run the cells one after the other here, or as Ray tasks (pip install vqabench[ray])",
+    )
+    r.add_argument(
+        "--ray-address", default=None, help="Ray cluster to submit the cells to (default: start a local Ray)"
     )
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=cmd_run)

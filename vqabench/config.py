@@ -70,6 +70,9 @@ class TrainConfig:
     # The validation metric that picks the best checkpoint: "" for the task's primary metric, or
     # any metric the task produces, or "val_loss". Its direction comes from the metric definition.
     best_metric: str = ""
+    # Further selection metrics, each keeping its own best checkpoint (of the last stage), whose
+    # test scores the record reports under "selections" (report 003: by loss, CIDEr, CLIPScore).
+    keep_best: tuple[str, ...] = ()
     augment: tuple[str, ...] = ()  # names from vqabench.augment; unsafe ones are dropped per dataset
     # Report 000 quotes validation accuracy at these epochs besides the last.
     report_epochs: tuple[int, ...] = (10,)
@@ -78,6 +81,8 @@ class TrainConfig:
     # when there is more than one.
     streams: tuple[str, ...] = ("train",)
     val_every: int = 1  # validate every N epochs (and after the last); for costly validation
+    # The split that selects checkpoints: "target_val" to select on the domain a model adapts to.
+    val_split: str = "val"
     val_limit: int | None = None  # validate on a seeded sample of at most N val samples
     # Also score a seeded sample of the training split (as large as the validation sample, in eval
     # mode, unaugmented) at each validation: history's "train_<metric>" (report 001's training accuracy).

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from vqabench import distributed
 from vqabench.checkpoint import load_checkpoint, load_weights_file, save_checkpoint
 from vqabench.config import Stage, TrainConfig
 from vqabench.device import autocast
@@ -47,6 +48,9 @@ class FitResult:
     train_images: int = 0  # distinct images encoded (one per image per step)
     train_samples: int = 0
     resumed_from: dict[str, Any] | None = None  # {"stage": name, "epoch": n} when a run resumed
+    # Per ``keep`` metric, the last stage's best checkpoint by it: {"epoch", "value", "path"}
+    # (epoch 0 and no path when validation never produced the metric).
+    kept: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def trained_state(model: torch.nn.Module, names: set[str]) -> dict[str, torch.Tensor]:
@@ -132,6 +136,7 @@ class EpochStats:
     images: int
     samples: int
     seconds: float
+    parts: dict[str, float] = field(default_factory=dict)  # epoch means of the model's ``loss_parts``
 
 
 def _steps(streams: dict[str, Any], max_steps: int | None) -> tuple[int, Any]:
@@ -171,13 +176,19 @@ def train_epoch(
     progress: bool = False,
     step_offset: int = 0,
     total_steps: int = 0,
+    parallel: Any = None,
 ) -> EpochStats:
-    """One pass over the streams (``batches``: one Batches or a dict of them by split): timed."""
+    """One pass over the streams (``batches``: one Batches or a dict of them by split): timed.
+
+    ``parallel`` (several ranks: ``vqabench.distributed.StageParallel``) computes the loss through
+    DDP and makes the step losses and counts the global batch's.
+    """
     model.train()
     gen = gen if gen is not None else torch.Generator().manual_seed(0)
     streams = batches if isinstance(batches, dict) else {"train": batches}
     n_batches, it = _steps(streams, max_steps)
     losses: list[torch.Tensor] = []
+    parts: dict[str, list[torch.Tensor]] = {}
     images = samples = 0
     t0 = time.perf_counter()
     bar = tqdm(it, total=n_batches, desc=desc, unit="batch", disable=not progress, leave=False)
@@ -190,9 +201,13 @@ def train_epoch(
             batch.map_images(lambda x: x.contiguous(memory_format=torch.channels_last))
         model.progress = (step_offset + i) / max(1, total_steps)
         with autocast(device, cfg.precision):
-            loss = model.loss(batch)
+            loss = model.loss(batch) if parallel is None else parallel.loss(batch)
         (loss / cfg.grad_accum).backward()
         losses.append(loss.detach())
+        # Named parts of the loss the model reports (a domain discriminator's, ...): kept on the
+        # device like the loss, so reading them makes the host wait for nothing.
+        for name, value in (getattr(model, "loss_parts", None) or {}).items():
+            parts.setdefault(name, []).append(value.detach().float())
         images += batch.num_images
         samples += batch.num_samples
         if (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches:
@@ -209,14 +224,28 @@ def train_epoch(
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    values = torch.stack(losses).float().cpu().tolist() if losses else []
+    stacked = torch.stack(losses).float() if losses else torch.zeros(0)
+    if parallel is not None:
+        stacked, images, samples = parallel.totals(stacked, images, samples)
+    values = stacked.cpu().tolist()
     bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
     if bad is not None:
         raise FloatingPointError(
             f"training loss is {values[bad]} at step {step_offset + bad + 1} ({desc}); "
             f"lower the learning rate (--lr) or use train.precision=fp32"
         )
-    return EpochStats(values, images, samples, seconds)
+    means = {name: torch.stack(v).mean().item() for name, v in parts.items()}
+    means = {name: v if math.isfinite(v) else None for name, v in means.items()}  # records are strict JSON
+    return EpochStats(values, images, samples, seconds, means)
+
+
+def _save_weights(path: Path, model: torch.nn.Module, trained: set[str]) -> None:
+    from safetensors.torch import save_file
+
+    if not distributed.is_main():  # with several ranks, rank 0 writes (their weights are the same)
+        return
+    with atomic_path(path) as tmp:
+        save_file(trained_state(model, trained), str(tmp))
 
 
 def _stage_dirs(ckpt_dir: Path, index: int, stage: Stage) -> tuple[Path, Path, Path]:
@@ -228,6 +257,18 @@ def training_done(ckpt_dir: Path, cfg: TrainConfig) -> bool:
     """Whether ``ckpt_dir`` holds the finished checkpoint of every stage of the recipe ``cfg``."""
     stages = cfg.resolved_stages()
     return all(recover_dir(_stage_dirs(ckpt_dir, i, s)[2]) is not None for i, s in enumerate(stages))
+
+
+def kept_path(best_path: Path, name: str) -> Path:
+    """Where a stage keeps its best checkpoint by the further selection metric ``name``."""
+    return best_path.with_name(f"best-{name}.safetensors")
+
+
+def _kept(summary: dict[str, Any], best_path: Path) -> dict[str, dict[str, Any]]:
+    return {
+        name: {**entry, "path": kept_path(best_path, name) if entry["epoch"] else None}
+        for name, entry in summary.get("kept", {}).items()
+    }
 
 
 def _better(value: float, best: float | None, metric: Metric) -> bool:
@@ -250,6 +291,7 @@ def fit(
     progress: bool = True,
     stage_notes: Callable[[], Any] | None = None,
     restore_notes: Callable[[Any], None] | None = None,
+    keep: dict[str, Metric] | None = None,
 ) -> FitResult:
     """Train ``model`` through the recipe's stages, validating as it asks; resume from ``ckpt_dir``.
 
@@ -258,7 +300,8 @@ def fit(
     ``stage_notes()`` is what the caller keeps with each finished stage (JSON; the runner: what it
     cached), saved in the stage's ``done`` checkpoint: a resumed run skips a finished stage without
     calling ``streams_for``, so ``restore_notes`` gets that back instead, and the record says what
-    an uninterrupted run's would.
+    an uninterrupted run's would. ``keep`` names further selection metrics: each keeps its own
+    best checkpoint per stage (``FitResult.kept``: the last stage's).
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     stages = cfg.resolved_stages()
@@ -283,6 +326,7 @@ def fit(
                 setattr(result, k, getattr(result, k) + ck.meta[k])
             trained.update(ck.meta["trained"])
             result.best_epoch = ck.meta["stage"]["best_epoch"]
+            result.kept = _kept(ck.meta["stage"], _stage_dirs(ckpt_dir, index, stage)[1])
             total_steps = total_steps or ck.meta["total_steps"]
             if restore_notes is not None and ck.meta.get("notes") is not None:
                 restore_notes(ck.meta["notes"])
@@ -295,6 +339,8 @@ def fit(
             epoch_base += stage.epochs or 0
             continue
         streams = streams_for(stage)
+        if distributed.current() is not None:  # each rank trains on its part of every global batch
+            streams = distributed.current().shard(streams)
         if not total_steps:
             # The progress p runs over every stage's steps; stages are taken as long as this one.
             total_steps = sum(s.epochs or 0 for s in stages) * len(next(iter(streams.values())))
@@ -317,8 +363,10 @@ def fit(
             progress=progress,
             result=result,
             notes=stage_notes,
+            keep=keep or {},
         )
         result.best_epoch = stage_result["best_epoch"]
+        result.kept = _kept(stage_result, best_path)
         _unfreeze(frozen)
         epoch_base += stage.epochs or 0
     return result
@@ -363,8 +411,10 @@ def _fit_stage(
     progress: bool,
     result: FitResult,
     notes: Callable[[], Any] | None = None,
+    keep: dict[str, Metric] | None = None,
 ) -> dict[str, Any]:
     last, best_path, done = paths
+    keep = keep or {}
     opt = make_optimizer(model, dict(stage.lrs), cfg.weight_decay, strict=not explicit)
     ids = {id(p) for g in opt.param_groups for p in g["params"]}
     trained.update(n for n, p in model.named_parameters() if id(p) in ids)
@@ -380,7 +430,13 @@ def _fit_stage(
         state, stats_total = ck.meta["state"], ck.meta["stats"]
         trained.update(ck.meta["trained"])
         result.resumed_from = {"stage": stage.name, "epoch": epoch_base + state["epoch"]}
+    for name in keep:  # also into a resumed state: a checkpoint may predate ``keep``
+        state.setdefault("kept", {}).setdefault(name, {"epoch": 0, "value": None})
     step_offset = epoch_base * len(first)
+    # Several ranks: the loss through DDP, steps through accelerate's optimizer; checkpoints keep
+    # ``opt`` itself, so they do not depend on the number of ranks.
+    dp = distributed.current()
+    parallel, step_opt = dp.prepare(model, opt, streams) if dp is not None else (None, opt)
 
     for epoch in range(state["epoch"], epochs):
         # A plateau ends the stage (checked here too, so a run killed after it resumes stopped).
@@ -393,7 +449,7 @@ def _fit_stage(
         stats = train_epoch(
             model,
             streams,
-            opt,
+            step_opt,
             sched,
             cfg,
             device,
@@ -403,6 +459,7 @@ def _fit_stage(
             progress=progress,
             step_offset=step_offset + epoch * len(first),
             total_steps=total_steps,
+            parallel=parallel,
         )
         for k, v in (
             ("train_seconds", stats.seconds),
@@ -419,6 +476,8 @@ def _fit_stage(
             "seconds": stats.seconds,
             "lr": {g["name"]: g["lr"] for g in opt.param_groups},
         }
+        if stats.parts:
+            entry["train_loss_parts"] = stats.parts
         if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == epochs:
             metrics = validate()
             entry["val"] = metrics
@@ -433,10 +492,13 @@ def _fit_stage(
             state["since_best"] = state.get("since_best", 0) + 1
             if _better(value, state["best_value"], best_metric):
                 state.update(best_value=value, best_epoch=number, best_val=metrics, since_best=0)
-                with atomic_path(best_path) as tmp:
-                    from safetensors.torch import save_file
-
-                    save_file(trained_state(model, trained), str(tmp))
+                _save_weights(best_path, model, trained)
+            for name, metric in keep.items():
+                # A metric this validation did not produce (CLIPScore without a scorer) keeps nothing.
+                kept, v = state["kept"][name], metrics.get(name)
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and _better(v, kept["value"], metric):
+                    kept.update(value=v, epoch=number)
+                    _save_weights(kept_path(best_path, name), model, trained)
             if progress:
                 tqdm.write(
                     f"  {label}epoch {epoch + 1}: loss {entry['train_loss']:.4f}  "
@@ -444,15 +506,17 @@ def _fit_stage(
                 )
         state["history"].append(entry)
         state["epoch"] = epoch + 1
-        save_checkpoint(
-            last,
-            weights=trained_state(model, trained),
-            optimizer=opt,
-            scheduler=sched,
-            generators={"augment": gen},
-            meta={"state": state, "stats": stats_total, "trained": sorted(trained)},
-        )
+        if distributed.is_main():  # the ranks' weights and optimizer states are the same
+            save_checkpoint(
+                last,
+                weights=trained_state(model, trained),
+                optimizer=opt,
+                scheduler=sched,
+                generators={"augment": gen},
+                meta={"state": state, "stats": stats_total, "trained": sorted(trained)},
+            )
 
+    distributed.barrier()  # rank 0's best checkpoint is complete before any rank reads it
     if best_path.exists():
         restore(model, load_weights_file(best_path), best_path)
     summary = {
@@ -463,27 +527,29 @@ def _fit_stage(
         "best_value": state["best_value"],
         "val": state["best_val"],
         "epochs_run": state["epoch"],  # fewer than ``epochs`` when the stage stopped on a plateau
+        "kept": state.get("kept", {}),
         "lrs": dict(stage.lrs),
         "schedule": stage.schedule,
     }
     # The stage's end as one unit: its final weights, the RNG state and its results, so a run
     # resumed in a later stage starts that stage exactly where an uninterrupted run did.
-    save_checkpoint(
-        done,
-        weights=trained_state(model, trained),
-        optimizer=None,
-        scheduler=None,
-        generators={"augment": gen},
-        meta={
-            "stage": summary,
-            "history": state["history"],
-            "step_losses": state["step_losses"],
-            "trained": sorted(trained),
-            "total_steps": total_steps,
-            "notes": notes() if notes is not None else None,
-            **stats_total,
-        },
-    )
+    if distributed.is_main():
+        save_checkpoint(
+            done,
+            weights=trained_state(model, trained),
+            optimizer=None,
+            scheduler=None,
+            generators={"augment": gen},
+            meta={
+                "stage": summary,
+                "history": state["history"],
+                "step_losses": state["step_losses"],
+                "trained": sorted(trained),
+                "total_steps": total_steps,
+                "notes": notes() if notes is not None else None,
+                **stats_total,
+            },
+        )
     result.stages.append(summary)
     result.history.extend(state["history"])
     result.step_losses.extend(state["step_losses"])

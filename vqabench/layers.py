@@ -7,6 +7,7 @@ Both baselines encode the image and the question separately, fuse the two featur
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -174,3 +175,25 @@ def _device_of(module: nn.Module) -> torch.device:
     for tensor in module.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+class GradReverse(torch.autograd.Function):
+    """Identity forward; the gradient times -weight backward (Ganin and Lempitsky's reversal layer).
+
+    A domain classifier behind it learns to tell domains apart while the features before it learn
+    to make them indistinguishable (domain-adversarial training).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.weight * grad, None
+
+
+def reversal_weight(progress: float) -> float:
+    """lambda(p) = 2 / (1 + exp(-10 p)) - 1 over the training progress p: 0 at the start, near 1 at the end."""
+    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0

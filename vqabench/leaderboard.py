@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from vqabench.files import atomic_write_text
+from vqabench.files import atomic_write_bytes, atomic_write_text
 from vqabench.tasks import get_task
 
 
@@ -180,8 +180,36 @@ def render(
             for title, name in (figures or {}).get(dataset, {}).get((kind, profile), []):
                 lines += [f"![{title}]({name})", ""]
             lines += get_task(kind).sections(rs)  # the kind's own tables (zeroshot: per-prompt scores)
+            lines += model_figures(rs)
         out[dataset] = "\n".join(lines)
     return out
+
+
+def model_figures(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Links to the figures models drew of their test predictions (copied by ``write``: ``link``)."""
+    links = [
+        f"- {r['model']} (seed {r['seed']}): [{fig['title']}]({fig['link']})"
+        for r in sorted(records, key=lambda r: (r["model"], r["seed"]))
+        for fig in r.get("figures") or []
+        if fig.get("link")
+    ]
+    return ["### Figures", "", *links, ""] if links else []
+
+
+def copy_figures(record: dict[str, Any], cell_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """``record`` with its figures copied from its cell directory into ``out_dir/figures`` and linked."""
+    figures = []
+    for fig in record.get("figures") or []:
+        src = cell_dir / fig["file"]
+        if not src.is_file():
+            continue  # a run directory copied without its figures: the record keeps them unlinked
+        r = record
+        slug = f"{r['dataset']}-{r['kind']}-{r['profile']}-{r['model']}-seed{r['seed']}".replace("@", "_")
+        name = f"figures/{slug}-{src.name}"
+        (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out_dir / name, src.read_bytes())
+        figures.append({**fig, "link": name})
+    return {**record, "figures": figures} if figures else record
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
@@ -192,7 +220,11 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     primary = get_task(records[0]["kind"]).primary_metric
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=90)
+    # Named loss parts a model reports per epoch (a domain discriminator's and adversarial losses)
+    # get a third panel.
+    with_parts = [r for r in records if any(h.get("train_loss_parts") for h in r["history"])]
+    fig, axes = plt.subplots(1, 3 if with_parts else 2, figsize=(15 if with_parts else 10, 3.6), dpi=90)
+    ax1, ax2 = axes[0], axes[1]
     for r in records:
         label = f"{r['model']} (seed {r['seed']})"
         ax1.plot(
@@ -207,8 +239,17 @@ def plot_curves(records: Sequence[dict[str, Any]], path: Path) -> None:
     ax1.set(xlabel="epoch", ylabel=f"val {primary}", title="Validation")
     ax2.set(xlabel="step", ylabel="training loss (smoothed)", title="Step loss")
     ax1.legend(fontsize=7)
-    ax1.grid(alpha=0.3)
-    ax2.grid(alpha=0.3)
+    for r in with_parts:
+        parts = list(dict.fromkeys(k for h in r["history"] for k in h.get("train_loss_parts") or {}))
+        for part in parts:
+            points = [(h["epoch"], h["train_loss_parts"].get(part)) for h in r["history"] if h.get("train_loss_parts")]
+            points = [(e, v) for e, v in points if v is not None]
+            axes[2].plot(*zip(*points), marker=".", label=f"{r['model']}: {part}")
+    if with_parts:
+        axes[2].set(xlabel="epoch", ylabel="epoch mean", title="Loss parts")
+        axes[2].legend(fontsize=6)
+    for ax in axes:
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
 
@@ -238,9 +279,14 @@ def plot_figure(draw: Any, path: Path) -> None:
     _save(fig, path)
 
 
-def write(records: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Write ``<dataset>.md`` and its curve PNGs into ``out_dir``; return the Markdown paths."""
+def write(records: Sequence[dict[str, Any]], out_dir: Path, cell_dirs: Sequence[Path] | None = None) -> list[Path]:
+    """Write ``<dataset>.md`` and its curve PNGs into ``out_dir``; return the Markdown paths.
+
+    ``cell_dirs`` (each record's directory, in order) lets the models' figures be copied and linked.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cell_dirs is not None:
+        records = [copy_figures(r, d, out_dir) for r, d in zip(records, cell_dirs)]
     curves: dict[str, dict[tuple[str, str], str]] = defaultdict(dict)
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +54,10 @@ class TaskModel(nn.Module):
     # Training progress in [0, 1] over the whole recipe, set by the engine before every step (for
     # schedules such as the gradient-reversal weight 2 / (1 + exp(-10 p)) - 1).
     progress: float = 0.0
+    # Named scalar parts of the training loss (e.g. a domain discriminator's loss), which ``loss``
+    # may set on every training step; the engine records their epoch means in the history entry's
+    # "train_loss_parts".
+    loss_parts: dict[str, torch.Tensor] | None = None
     weights: str = "random init"  # which weights were loaded, shown on the leaderboard
     # Methods run on tensors alone, with shapes that vary only in the batch dimension: what
     # ``train.compile`` hands to torch.compile (never ``loss``: batches carry strings).
@@ -80,6 +85,31 @@ class TaskModel(nn.Module):
         A model may change itself here (add adapters, freeze a part); the engine then builds the
         optimizer from ``param_groups`` and re-asks for the cacheable stems.
         """
+
+    # What ``predict`` does when no variant is chosen (e.g. "greedy-50"), the first row of the
+    # record's "variants"; "" when the model has no variants.
+    default_variant: str = ""
+
+    def eval_variants(self) -> tuple[str, ...]:
+        """Other ways this model predicts (decoding settings), each evaluated on the test split
+        besides the default and recorded under "variants" with its own speed (default: none)."""
+        return ()
+
+    def use_variant(self, name: str | None) -> None:
+        """Predict with variant ``name`` of ``eval_variants`` from now on (None: the default)."""
+        if name is not None:
+            raise ValueError(f"{type(self).__name__} has no prediction variant {name!r}")
+
+    def figures(
+        self, samples: list[Any], lines: list[dict[str, Any]], batch_of: Callable[[list[Any]], Any], out: Path
+    ) -> list[dict[str, str]]:
+        """Figures of the test predictions (attention maps), as PNGs written under ``out``.
+
+        ``lines`` are the stored test predictions of ``samples``; ``batch_of(samples)`` gives a batch
+        of any of them on the model's device. Returns [{"title", "file"}], ``file`` relative to
+        ``out`` (default: none).
+        """
+        return []
 
     def image_stem(self) -> Stem | None:
         """The cacheable frozen front of the image path, or None when every part trains."""

@@ -198,6 +198,19 @@ def resolve_references(
     return (dataclasses.replace(config, **found) if found else config), notes
 
 
+def resolve_scorer(
+    registry: Registry, spec: str, *, cache_dir: Path, device: Any = "cpu", progress: bool = True
+) -> str:
+    """A scorer spec ``ARCH@WEIGHTS`` (``--clipscore``) with a ``pretrain:NAME/DATASET`` weights
+    reference replaced by its artefact's path (pretraining first when needed); else unchanged."""
+    arch, at, weights = spec.partition("@")
+    if not at or not weights.startswith(SCHEME):
+        return spec
+    name, dataset = parse_reference(weights)
+    done = ensure(registry, name, dataset, cache_dir=cache_dir, device=device, progress=progress)
+    return f"{arch}@{done.artifact}"
+
+
 def describe(path: str | Path) -> str | None:
     """A weights description for an artefact file of a pretraining directory, else None."""
     record_file = Path(path).parent / RECORD

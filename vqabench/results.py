@@ -55,7 +55,14 @@ RECORD_FIELDS = {
     "stored for export, not scored; {} when none",
     "shared_training": "trained only: {'key': training key, 'trained_by': the cell that trained the weights}; a "
     "model whose training does not depend on the kind loads another kind's training of the same key",
+    "selections": "trained with train.keep_best only: {metric: {'epoch', 'val', 'split', 'test': metrics}} of the "
+    "checkpoint each further selection metric kept ('note' instead when validation never produced the metric)",
+    "variants": "models with prediction variants only: [{'name', 'split', 'test': metrics, 'samples_per_second'}], "
+    "the default prediction first, then each variant (decoding settings)",
+    "figures": "models that draw figures only: [{'title', 'file'}], PNGs under the cell directory",
     "baseline": "{split: {'label', 'prediction', metrics}}: the task's trivial baseline (majority answer, ...)",
+    "data_notes": "what the dataset loader counted (e.g. relation questions built and pairs skipped, per split "
+    "and reason); {} when nothing",
     "vocab": "answer vocabulary: size, rule and coverage (accuracy ceiling) per split; null without one",
     "warnings": "what the run found suspicious but could go on with, with counts (e.g. questions with no answer "
     "in the vocabulary, per split); [] when nothing",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vqabench import augment as augment_lib
-from vqabench import evaluate, trainings
+from vqabench import distributed, evaluate, evaluations, trainings
 from vqabench.cell import (
     Cell,
     Prepared,
@@ -29,8 +29,9 @@ from vqabench.config import config_hash
 from vqabench.data import limit_samples
 from vqabench.engine import fit
 from vqabench.files import atomic_write_json, clean_partial
+from vqabench.pretrain import resolve_scorer
 from vqabench.registry import ModelRef, NameConflictError, PluginInfo, Registry, did_you_mean, split_plugin
-from vqabench.results import Ledger, cell_dir, read_record, write_jsonl
+from vqabench.results import Ledger, cell_dir, read_record
 from vqabench.tasks import TaskData, get_task
 
 __all__ = ["Cell", "RunOptions", "Skipped", "plan", "run", "run_cell"]
@@ -79,8 +80,12 @@ def plan(registry: Registry, opts: RunOptions) -> tuple[list[Cell], list[Skipped
     return cells, skipped
 
 
-def run(registry: Registry, infos: list[PluginInfo], opts: RunOptions) -> Ledger:
-    """Run every planned cell; a failing cell is recorded in the ledger and the rest go on."""
+def run(registry: Registry, infos: list[PluginInfo], opts: RunOptions, executor: Any = None) -> Ledger:
+    """Run every planned cell; a failing cell is recorded in the ledger and the rest go on.
+
+    ``executor(cells, opts, ledger)`` runs the cells elsewhere (``vqabench.executors.RayExecutor``:
+    one Ray task per cell); without one they run here, one after the other.
+    """
     cells, skipped = plan(registry, opts)
     for cell in cells:  # a bad override or recipe fails the whole command before anything runs
         mcfg = resolve(cell, opts)[0]
@@ -89,19 +94,27 @@ def run(registry: Registry, infos: list[PluginInfo], opts: RunOptions) -> Ledger
         # Nothing of another distribution's cell is resumed, deleted or overwritten: checked for
         # every cell first, so a refused one stops the run before any other cell trains.
         check_provenance(_cell_dir(cell, opts), cell, _versions(cell, registry, infos))
+    if opts.clipscore and any(c.task.run_score_prefixes for c in cells):
+        # ``--clipscore ARCH@pretrain:NAME/DATASET``: the scorer a pretraining makes, made once here.
+        scorer = resolve_scorer(registry, opts.clipscore, cache_dir=opts.cache_dir, progress=opts.progress)
+        opts = dataclasses.replace(opts, clipscore=scorer)
     scoped = {k.rpartition(":")[0] for k in opts.model_overrides if ":" in k}
     names = {c.ref.name for c in cells} | {c.ref.qualified_name for c in cells}
     if scoped - names:
         name = sorted(scoped - names)[0]
         raise ValueError(f"--set {name}:...: no planned model is called {name!r}{did_you_mean(name, names)}")
     # The ledger's temporary file a killed run left (only its own name: --out may hold other files).
-    clean_partial(opts.out, pattern=".status.json.*.tmp")
-    ledger = Ledger(opts.out)
+    if distributed.is_main():  # with several ranks (torchrun), rank 0 alone writes the ledger
+        clean_partial(opts.out, pattern=".status.json.*.tmp")
+    ledger = distributed.open_ledger(opts.out)
     for s in skipped:
         ledger.set(f"{s.model}|{s.task}|{opts.profile}|seed{opts.seed}", "skipped", reason=s.reason)
     for cell in cells:
         if ledger.cells.get(cell.key(opts), {}).get("state") != "done" or opts.force:
             ledger.set(cell.key(opts), "pending")
+    if executor is not None:
+        executor(cells, opts, ledger)
+        return ledger
     data_cache: dict[tuple[str, str, str], TaskData] = {}
     published: set[str] = set()
     for cell in cells:
@@ -147,7 +160,8 @@ def run_cell(
     check_provenance(where, cell, versions)  # before anything in the directory is read or replaced
     # What killed runs left half-written here (a prediction file, a record, a checkpoint set), even
     # in a cell that is done; only entries whose writer is gone, never a live run's (files.is_stale).
-    clean_partial(where, recursive=True)
+    if distributed.is_main():
+        clean_partial(where, recursive=True)
     if (
         (where / "record.json").exists()
         and not opts.force
@@ -158,10 +172,12 @@ def run_cell(
         ledger.set(cell.key(opts), "running")
 
     # Data: prepared once per (dataset, kind, config) in this process, then sampled by --limit.
+    # With several ranks, rank 0 generates and caches first; the others then read its cache.
     dkey = (cell.dataset.name, cell.kind, config_hash(dcfg))
-    if dkey not in data_cache:
-        data_cache[dkey] = cell.dataset.load(dcfg, cell.kind, opts.cache_dir)
-    prep = prepare(cell, opts, mcfg, dcfg, data_cache[dkey])
+    with distributed.main_first():
+        if dkey not in data_cache:
+            data_cache[dkey] = cell.dataset.load(dcfg, cell.kind, opts.cache_dir)
+        prep = prepare(cell, opts, mcfg, dcfg, data_cache[dkey])
     for warning in prep.warnings:  # also in the record; shown now, before training
         print(f"warning: {cell.key(opts)}: {warning}", file=sys.stderr)
 
@@ -177,7 +193,7 @@ def run_cell(
     # Checkpoints of another config (all, with --force) must not be resumed; they are set aside, not
     # deleted, until this run has a checkpoint or record of its own: a run that cannot write loses nothing.
     if shared is None:
-        start_checkpoints(ckpt, chash, force=opts.force)
+        distributed.main_only(start_checkpoints)(ckpt, chash, force=opts.force)
 
     # Train (a model without a recipe is evaluated as it is), keeping the best-validation weights.
     t0 = time.perf_counter()
@@ -197,9 +213,10 @@ def run_cell(
             # The record's "cached" of the stages a resumed run restores instead of training.
             stage_notes=lambda: prep.cached,
             restore_notes=lambda saved: setattr(prep, "cached", saved),
+            keep={m: cell.task.check_best_metric(m) for m in prep.train.keep_best},
         )
         if shared is None:
-            trainings.publish(opts.out, tkey, ckpt, cell.key(opts))
+            distributed.main_only(trainings.publish)(opts.out, tkey, ckpt, cell.key(opts))
             published.add(tkey)
 
     # Evaluate every eval split, and the task's baseline on the same lines.
@@ -207,19 +224,19 @@ def run_cell(
     final, rates, lines_by_split, unscored = {}, {}, {}, {}
     unlabelled = [s for s in prep.splits if s in prep.data.unlabelled]
     for split in dict.fromkeys([*prep.eval.splits, *unlabelled]):
-        t1 = time.perf_counter()
-        lines = evaluate.predict(
-            prep.model, prep.batches(split), prep.splits[split], cell.kind, prep.device, prep.eval.precision
-        )
-        rates[split] = len(lines) / max(1e-9, time.perf_counter() - t1)
-        write_jsonl(where / f"predictions-{split}.jsonl", lines)
-        if split in prep.data.unlabelled:
+        lines, metrics, rates[split] = evaluations.score_split(prep, split, where)
+        if metrics is None:
             unscored[split] = len(lines)
             continue
-        final[split] = evaluate.score(cell.kind, lines, **cell.task.score_options(prep.data))
-        final[split].update(cell.task.run_scores(prep.splits[split], lines, opts, prep.device))
-        lines_by_split[split] = lines
+        final[split], lines_by_split[split] = metrics, lines
     baseline = baselines(prep, lines_by_split)
+    # Beyond the selected checkpoint's default predictions: the other kept checkpoints, the
+    # prediction variants and the model's figures, each on the test split.
+    extra = {
+        "selections": evaluations.selections(prep, result, final, where),
+        "variants": evaluations.variants(prep, final, rates, where),
+        "figures": evaluations.figures(prep, lines_by_split.get(evaluations.test_split(prep) or ""), where),
+    }
     record = build_record(
         prep,
         config_hash=chash,
@@ -231,29 +248,37 @@ def run_cell(
         versions=versions,
     )
     record["unscored"] = unscored
+    record.update({k: v for k, v in extra.items() if v})
     if tkey is not None:
         record["shared_training"] = {"key": tkey, "trained_by": shared["cell"] if shared else cell.key(opts)}
-    atomic_write_json(where / "record.json", record)
-    drop_replaced(ckpt)  # the record replaces the result whose checkpoints were set aside
+    distributed.main_only(atomic_write_json)(where / "record.json", record)
+    distributed.main_only(drop_replaced)(ckpt)  # the record replaces the result whose checkpoints were set aside
     return "done", {"record": str(where / "record.json")}
 
 
-def _scalars(prep: Prepared, split: str, samples: list[Any]) -> dict[str, Any]:
-    """The task's scalar metrics of the model's predictions on ``samples`` of ``split``."""
+def _scalars(prep: Prepared, split: str, samples: list[Any], run_scores: bool = False) -> dict[str, Any]:
+    """The task's scalar metrics of the model's predictions on ``samples`` of ``split`` (with
+    ``run_scores``, also those that need the run's scorer, e.g. CLIPScore)."""
     lines = evaluate.predict(
         prep.model, prep.batches(split, samples=samples), samples, prep.cell.kind, prep.device, prep.train.precision
     )
     scored = evaluate.score(prep.cell.kind, lines, **prep.task.score_options(prep.data))
-    return {k: v for k, v in scored.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if run_scores:
+        scored.update(prep.task.run_scores(samples, lines, prep.opts, prep.device))
+    return evaluations.scalars(scored)
 
 
 def _validate(prep: Prepared) -> dict[str, Any]:
-    """Scalar validation metrics (on a seeded sample when ``val_limit``), the loss if selected, and
-    with ``train.train_metrics`` the same metrics on as many training samples (``train_`` keys)."""
-    samples = limit_samples(prep.splits["val"], prep.train.val_limit, prep.opts.seed)
-    out = _scalars(prep, "val", samples)
-    if prep.train.best_metric == "val_loss":
-        batches = prep.batches("val", samples=samples)
+    """Scalar validation metrics (on a seeded sample when ``val_limit``), the loss and run-level
+    scores when a selection metric is one, and with ``train.train_metrics`` the same metrics on as
+    many training samples (``train_`` keys)."""
+    split = prep.train.val_split
+    samples = limit_samples(prep.splits[split], prep.train.val_limit, prep.opts.seed)
+    selecting = {prep.train.best_metric, *prep.train.keep_best}
+    prefixes = prep.task.run_score_prefixes
+    out = _scalars(prep, split, samples, run_scores=any(prefixes and m.startswith(prefixes) for m in selecting))
+    if "val_loss" in selecting:
+        batches = prep.batches(split, samples=samples)
         out["val_loss"] = evaluate.mean_loss(prep.model, batches, prep.device, prep.train.precision)
     if prep.train.train_metrics:
         split = prep.train.resolved_stages()[0].streams[0] if prep.train.resolved_stages()[0].streams else "train"

@@ -42,7 +42,7 @@ def _samples_digest(samples: list[Any]) -> str:
 def training_key(prep: Any) -> str:
     """What determines the weights a cell trains (see the module docstring)."""
     train = prep.train
-    names = [n for stage in train.resolved_stages() for n in stage.streams or ("train",)] + ["val"]
+    names = [n for stage in train.resolved_stages() for n in stage.streams or ("train",)] + [train.val_split]
     return config_hash(
         {
             "model": str(prep.cell.ref),

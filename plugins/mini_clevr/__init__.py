@@ -43,6 +43,13 @@ def load(config: MiniClevrConfig, kind: TaskKind, cache_dir: Path) -> TaskData:
     return load_task(config, kind, cache_dir)
 
 
+def load_relations(config: MiniClevrConfig, kind: TaskKind, cache_dir: Path) -> TaskData:
+    """Report 004's relation questions, derived from the same generated scenes (``relations.py``)."""
+    from vqabench_plugins.mini_clevr.relations import load_relations as load_from_scenes
+
+    return load_from_scenes(config, kind, cache_dir)
+
+
 def prepare(config: MiniClevrConfig, root: Path) -> Path:
     """Generate the dataset into ``root`` (missing or empty) and return it."""
     from vqabench_plugins.mini_clevr.store import prepare as prepare_dir
@@ -52,7 +59,7 @@ def prepare(config: MiniClevrConfig, root: Path) -> Path:
 
 @hookimpl
 def register_datasets(register):
-    """Register the mini-clevr dataset."""
+    """Register the mini-clevr dataset and its relation questions (same data, config and cache)."""
     register(
         DatasetSpec(
             name="mini-clevr",
@@ -64,5 +71,18 @@ def register_datasets(register):
             unsafe_augmentations=UNSAFE_AUGMENTATIONS,
             description="Synthetic CLEVR-style shapes (report 000): colour, count and left/right questions, "
             "answerability, 24-class zero-shot, captions and a restyled target domain",
+        )
+    )
+    register(
+        DatasetSpec(
+            name="mini-clevr-relations",
+            task_kinds=(TaskKind.VQA,),
+            config_cls=MiniClevrConfig,
+            load=load_relations,
+            prepare=prepare,
+            profiles={"quick": QUICK, "paper": {}},
+            unsafe_augmentations=UNSAFE_AUGMENTATIONS,
+            description="Mini-CLEVR relation questions (report 004's form): left of / right of / above / below "
+            "between two objects, derived from the mini-clevr scenes",
         )
     )

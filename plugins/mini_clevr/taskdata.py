@@ -65,7 +65,7 @@ FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-class _Reader:
+class Reader:
     """Reads the tables of one dataset directory, checking every line and image reference.
 
     ``files`` is the file table of a manifest that ``manifest.verify`` accepted (or ``generate``
@@ -157,7 +157,7 @@ def _split_order(names: list[str]) -> list[str]:
     return sorted(names, key=lambda s: (rank.get(s, len(rank)), s))
 
 
-def _splits(reader: _Reader, meta: Any, *fields: str) -> list[str]:
+def split_names(reader: Reader, meta: Any, *fields: str) -> list[str]:
     """The split names meta.json gives under ``fields`` (``splits``, or ``zeroshot.images``), in order.
 
     A split name becomes part of a table's file name, so only Mini-CLEVR's own names are accepted.
@@ -175,7 +175,7 @@ def _splits(reader: _Reader, meta: Any, *fields: str) -> list[str]:
     return _split_order(list(value))
 
 
-def _qa_splits(reader: _Reader, splits: list[str], answerable_only: bool) -> dict[str, list[QASample]]:
+def _qa_splits(reader: Reader, splits: list[str], answerable_only: bool) -> dict[str, list[QASample]]:
     fields = ("question_index", "question", "answer", "question_type", "answerable")
     out: dict[str, list[QASample]] = {}
     for split in splits:
@@ -203,7 +203,7 @@ def _qa_splits(reader: _Reader, splits: list[str], answerable_only: bool) -> dic
 VOCAB_RULE = "every answer the generator can produce (answer2idx.json)"
 
 
-def _answer_vocab(reader: _Reader) -> list[str]:
+def _answer_vocab(reader: Reader) -> list[str]:
     table = reader.json("answer2idx.json")
     path = reader.root / "answer2idx.json"
     if not isinstance(table, dict) or not table:
@@ -216,8 +216,8 @@ def _answer_vocab(reader: _Reader) -> list[str]:
     return sorted(table, key=table.__getitem__)
 
 
-def _vqa(reader: _Reader, meta: dict[str, Any]) -> dict[str, Any]:
-    splits = _splits(reader, meta, "splits")
+def _vqa(reader: Reader, meta: dict[str, Any]) -> dict[str, Any]:
+    splits = split_names(reader, meta, "splits")
     return {
         "splits": _qa_splits(reader, splits, answerable_only=True),
         "answer_vocab": _answer_vocab(reader),
@@ -225,8 +225,8 @@ def _vqa(reader: _Reader, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _answerability(reader: _Reader, meta: dict[str, Any]) -> dict[str, Any]:
-    splits = _splits(reader, meta, "splits")
+def _answerability(reader: Reader, meta: dict[str, Any]) -> dict[str, Any]:
+    splits = split_names(reader, meta, "splits")
     vocab = _answer_vocab(reader)
     return {
         "splits": _qa_splits(reader, splits, answerable_only=False),
@@ -235,7 +235,7 @@ def _answerability(reader: _Reader, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _classes(reader: _Reader) -> tuple[list[str], list[str]]:
+def _classes(reader: Reader) -> tuple[list[str], list[str]]:
     """(class names, prompt templates) from zeroshot/classes.json."""
     classes = reader.json("zeroshot/classes.json")
     path = reader.root / "zeroshot" / "classes.json"
@@ -246,10 +246,10 @@ def _classes(reader: _Reader) -> tuple[list[str], list[str]]:
     return list(classes["class_names"]), list(classes["templates"])
 
 
-def _zeroshot(reader: _Reader, meta: dict[str, Any]) -> dict[str, Any]:
+def _zeroshot(reader: Reader, meta: dict[str, Any]) -> dict[str, Any]:
     class_names, templates = _classes(reader)
     splits = {}
-    for split in _splits(reader, meta, "zeroshot", "images"):
+    for split in split_names(reader, meta, "zeroshot", "images"):
         why = f"meta.json lists zero-shot split {split}"
         rows = reader.jsonl(f"zeroshot/{split}.jsonl", ("image_index", "label"), "image_index", why)
         for where, r, _ in rows:
@@ -266,9 +266,9 @@ def _zeroshot(reader: _Reader, meta: dict[str, Any]) -> dict[str, Any]:
     return {"splits": splits, "class_names": class_names, "templates": templates, "class_attributes": attributes}
 
 
-def _captioning(reader: _Reader, meta: dict[str, Any]) -> dict[str, Any]:
+def _captioning(reader: Reader, meta: dict[str, Any]) -> dict[str, Any]:
     splits = {}
-    for split in _splits(reader, meta, "splits"):
+    for split in split_names(reader, meta, "splits"):
         why = f"meta.json lists split {split}"
         rows = reader.jsonl(f"captions/{split}.jsonl", ("image_index", "captions"), "image_index", why)
         splits[split] = [
@@ -283,7 +283,7 @@ def _captioning(reader: _Reader, meta: dict[str, Any]) -> dict[str, Any]:
     return {"splits": splits}
 
 
-_BUILDERS: dict[TaskKind, Callable[[_Reader, dict[str, Any]], dict[str, Any]]] = {
+_BUILDERS: dict[TaskKind, Callable[[Reader, dict[str, Any]], dict[str, Any]]] = {
     TaskKind.VQA: _vqa,
     TaskKind.ANSWERABILITY: _answerability,
     TaskKind.ZEROSHOT: _zeroshot,
@@ -295,7 +295,7 @@ def load_task(config: MiniClevrConfig, kind: TaskKind, cache_dir: Path) -> TaskD
     """The TaskData of ``kind``, generating (or checking) the dataset directory first."""
     kind = TaskKind(kind)
     root, manifest = ensure(config, Path(cache_dir))
-    reader = _Reader(root, manifest["files"])
+    reader = Reader(root, manifest["files"])
     parts = _BUILDERS[kind](reader, read_meta(root))
     return TaskData(
         dataset=NAME,

@@ -1231,3 +1231,204 @@ def test_vqav2_undamaged_copy_loads_and_decodes(vq):
     data = load_vq(vq)
     get_task("vqa").check_data(data)
     decode(data)
+
+
+# --- coco-captions and flickr30k: Karpathy's split files, as the caption fixture writer lays them out ---------
+
+
+@pytest.fixture(scope="module")
+def caption_files(tmp_path_factory) -> dict[str, Path]:
+    from vqabench_plugins.caption_fixture import write_coco, write_flickr30k
+
+    where = tmp_path_factory.mktemp("captions")
+    return {
+        "coco-captions": write_coco(where / "coco", train_images=3, val_images=3, image_size=16),
+        "flickr30k": write_flickr30k(where / "f30k", train_images=3, val_images=1, test_images=1, image_size=16),
+    }
+
+
+CAPTION_SPLIT_FILES = {"coco-captions": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json"}
+
+
+@pytest.fixture(params=sorted(CAPTION_SPLIT_FILES))
+def cap(request, tmp_path, caption_files) -> SimpleNamespace:
+    """A fresh copy of one small caption set; ``img`` is the image of split-file record 1."""
+    name = request.param
+    root = tmp_path / "data"
+    shutil.copytree(caption_files[name], root)
+    split_file = root / CAPTION_SPLIT_FILES[name]
+    record = json.loads(split_file.read_text())["images"][1]
+    img = f"{record.get('filepath', 'flickr30k-images')}/{record['filename']}"
+    return SimpleNamespace(dataset=name, root=root, tmp=tmp_path, img=img, split_file=split_file)
+
+
+def load_cap(c: SimpleNamespace):
+    from vqabench_plugins import coco_captions, flickr30k
+
+    module = coco_captions if c.dataset == "coco-captions" else flickr30k
+    config = coco_captions.CocoCaptionsConfig if c.dataset == "coco-captions" else flickr30k.Flickr30kConfig
+    return module.load(config(root=str(c.root)), "captioning", c.tmp / "cache")
+
+
+# The split file is fine and the image is a regular file, so only decoding, before training, can tell.
+@pytest.mark.parametrize(("make", "reason"), VQAV2_BROKEN_IMAGES)
+def test_caption_datasets_broken_image_is_refused_before_training(cap, make, reason):
+    (cap.root / cap.img).write_bytes(make(cap))
+    data = load_cap(cap)
+    with pytest.raises(ImageDecodeError) as err:
+        decode(data)
+    expected = [f"cannot read image {cap.root / cap.img} (dataset {cap.dataset}): {reason}"]
+    assert_one_line_naming(err.value, [*expected, f"vqabench data prepare {cap.dataset}"])
+
+
+def _cap_record(c: SimpleNamespace, **fields: Any) -> None:
+    top = json.loads(c.split_file.read_text())
+    top["images"][1].update(fields)
+    c.split_file.write_text(json.dumps(top))
+
+
+def _cap_fifo(c: SimpleNamespace) -> None:
+    (c.root / c.img).unlink()
+    os.mkfifo(c.root / c.img)
+
+
+def _cap_link_out(c: SimpleNamespace) -> None:
+    outside = c.tmp / "outside.jpg"
+    (c.root / c.img).rename(outside)
+    (c.root / c.img).symlink_to(outside)
+
+
+CAPTION_FAILING = [
+    pytest.param(_cap_fifo, ["images[1] field filename", "is a FIFO (named pipe), not a regular file"], id="fifo"),
+    pytest.param(
+        _cap_link_out, ["images[1] field filename", "symbolic link to", "outside the dataset root"], id="link"
+    ),
+    pytest.param(
+        lambda c: _cap_record(c, filename="../../outside.jpg"),
+        ["images[1] field filename", "leaves the dataset root"],
+        id="dotdot",
+    ),
+    pytest.param(lambda c: _cap_record(c, filename=None), ["images[1] field filename: is None"], id="null"),
+    pytest.param(lambda c: _cap_record(c, split="dev"), ["images[1] field split: is 'dev', not one of"], id="split"),
+    pytest.param(lambda c: _cap_record(c, sentences=[]), ["images[1] field sentences: is empty"], id="no-caption"),
+    pytest.param(lambda c: _cap_record(c, sentences=[{"tokens": []}]), ["sentences[0].raw: is missing"], id="no-raw"),
+    pytest.param(lambda c: c.split_file.write_text("{"), ["is not valid UTF-8 JSON"], id="not-json"),
+    pytest.param(lambda c: c.split_file.unlink(), ["lacks dataset_", "caption_datasets.zip"], id="missing"),
+]
+
+
+@pytest.mark.parametrize(("damage", "expected"), CAPTION_FAILING)
+def test_caption_datasets_refuse_malformed_input(cap, damage, expected):
+    damage(cap)
+    with pytest.raises(Exception) as err:
+        load_cap(cap)
+    assert_one_line_naming(err.value, [f"{cap.dataset}: ", *expected])
+
+
+def test_caption_datasets_undamaged_copy_loads_and_decodes(cap):
+    """The control: the copies the caption cases damage load, pass the kind checks and decode when left alone."""
+    data = load_cap(cap)
+    get_task("captioning").check_data(data)
+    decode(data)
+
+
+# --- visual-genome: the official Visual Genome files, as the plugin's fixture writer lays them out -----------
+
+
+@pytest.fixture(scope="module")
+def vg_files(tmp_path_factory) -> Path:
+    from vqabench_plugins.vg_fixture import write_fixture
+
+    return write_fixture(tmp_path_factory.mktemp("vg") / "data", images=6, image_size=16)
+
+
+@pytest.fixture
+def vg(tmp_path, vg_files) -> SimpleNamespace:
+    """A fresh copy of the small Visual Genome set; ``img`` is the image of image_data.json record 1."""
+    root = tmp_path / "data"
+    shutil.copytree(vg_files, root)
+    url = json.loads((root / "image_data.json").read_text())[1]["url"]
+    return SimpleNamespace(root=root, tmp=tmp_path, img="/".join(url.rsplit("/", 2)[-2:]))
+
+
+def load_vg(c: SimpleNamespace):
+    from vqabench_plugins.visual_genome import VisualGenomeConfig, load
+
+    return load(VisualGenomeConfig(root=str(c.root), split_fractions=(0.5, 0.25, 0.25)), "vqa", c.tmp / "cache")
+
+
+# The JSON files are fine and the image is a regular file, so only decoding, before training, can tell.
+VG_BROKEN_IMAGES = [
+    pytest.param(lambda c: b"this is a text file, not a JPEG\n", "UnidentifiedImageError", id="text-bytes"),
+    pytest.param(lambda c: (c.root / c.img).read_bytes()[:200], "", id="truncated-jpeg"),
+    pytest.param(lambda c: b"", "UnidentifiedImageError", id="zero-byte-jpeg"),
+    pytest.param(lambda c: bomb(), "decompression bomb refused", id="decompression-bomb"),
+]
+
+
+@pytest.mark.parametrize(("make", "reason"), VG_BROKEN_IMAGES)
+def test_visual_genome_broken_image_is_refused_before_training(vg, make, reason):
+    (vg.root / vg.img).write_bytes(make(vg))
+    data = load_vg(vg)
+    with pytest.raises(ImageDecodeError) as err:
+        decode(data)
+    expected = [f"cannot read image {vg.root / vg.img} (dataset visual-genome): {reason}"]
+    assert_one_line_naming(err.value, [*expected, "vqabench data prepare visual-genome"])
+
+
+def _vg_url(c: SimpleNamespace, url: Any) -> None:
+    path = c.root / "image_data.json"
+    records = json.loads(path.read_text())
+    records[1]["url"] = url
+    path.write_text(json.dumps(records))
+
+
+def _vg_fifo(c: SimpleNamespace) -> None:
+    (c.root / c.img).unlink()
+    os.mkfifo(c.root / c.img)
+
+
+def _vg_link_out(c: SimpleNamespace) -> None:
+    outside = c.tmp / "outside.jpg"
+    (c.root / c.img).rename(outside)
+    (c.root / c.img).symlink_to(outside)
+
+
+def _vg_folder_out(c: SimpleNamespace) -> None:
+    folder = c.img.split("/")[0]
+    (c.root / folder).rename(c.tmp / "shared-vg")
+    (c.root / folder).symlink_to(c.tmp / "shared-vg")
+
+
+# Image names come from each record's url: its last two parts name the folder and the file.
+VG_FAILING = [
+    pytest.param(_vg_fifo, ["record 1 (image_id", "is a FIFO (named pipe), not a regular file"], id="fifo-image"),
+    pytest.param(_vg_link_out, ["record 1 (image_id", "symbolic link to", "outside the dataset root"], id="link-out"),
+    pytest.param(_vg_folder_out, ["field url", "symbolic link to", "outside the dataset root"], id="folder-out"),
+    pytest.param(
+        lambda c: _vg_url(c, "https://cs.stanford.edu/people/rak248/VG_100K/../../../etc/passwd"),
+        ["record 1 (image_id", "field url", "does not end in VG_100K/<file>"],
+        id="dotdot",
+    ),
+    pytest.param(
+        lambda c: _vg_url(c, "https://cs.stanford.edu/VG_100K/.."),
+        ["record 1 (image_id", "field url", "not a regular file"],
+        id="folder-as-file",
+    ),
+    pytest.param(lambda c: _vg_url(c, None), ["record 1 (image_id", "field url: None is not a URL"], id="null"),
+]
+
+
+@pytest.mark.parametrize(("damage", "expected"), VG_FAILING)
+def test_visual_genome_refuses_image_names(vg, damage, expected):
+    damage(vg)
+    with pytest.raises(Exception) as err:
+        load_vg(vg)
+    assert_one_line_naming(err.value, [f"visual-genome: {vg.root / 'image_data.json'}", *expected])
+
+
+def test_visual_genome_undamaged_copy_loads_and_decodes(vg):
+    """The control: the copies the visual-genome cases damage load, pass the kind checks and decode when left alone."""
+    data = load_vg(vg)
+    get_task("vqa").check_data(data)
+    decode(data)

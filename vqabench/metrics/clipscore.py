@@ -120,8 +120,10 @@ class ClipScorer:
         images: Sequence[Any],
         captions: Sequence[str],
         references: Sequence[Sequence[str]] | None = None,
+        each: bool = False,
     ) -> dict[str, Any]:
-        """Return {"clipscore", "clipscore_model"}, plus "refclipscore" when references are given."""
+        """Return {"clipscore", "clipscore_model"}, plus "refclipscore" when references are given,
+        and "clipscore_each" (a list: each caption's own CLIP-S) when ``each``."""
         if len(images) == 0:
             raise ValueError("images must not be empty")
         if len(captions) != len(images):
@@ -134,7 +136,10 @@ class ClipScorer:
                     raise ValueError(f"references[{i}] must be a non-empty sequence of strings")
         image_feats = self.image_features(images)
         caption_feats = self.text_features(captions)
-        result = {"clipscore": float(np.mean(clip_score(image_feats, caption_feats)))}
+        scores = clip_score(image_feats, caption_feats)
+        result: dict[str, Any] = {"clipscore": float(np.mean(scores))}
+        if each:
+            result["clipscore_each"] = [float(x) for x in scores]
         if references is not None:
             flat = self.text_features([r for refs in references for r in refs])
             bounds = np.cumsum([0] + [len(refs) for refs in references])

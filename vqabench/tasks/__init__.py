@@ -110,6 +110,9 @@ class TaskData:
     # predictions (for ``vqabench export``), but nothing scores them; their samples may lack answers.
     unlabelled: frozenset[str] = field(default_factory=frozenset)
     extra: dict[str, Any] = field(default_factory=dict)  # anything a plugin-registered kind needs
+    # What the loader counted and the record keeps as "data_notes" (JSON): e.g. questions built and
+    # pairs skipped, per split and reason.
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.kind = kind_name(self.kind)

@@ -131,7 +131,7 @@ class Task:
         raise KeyError(f"task kind {self.name!r} does not produce metric {name!r}; it produces: {self.produces()}")
 
     def produces(self) -> str:
-        return ", ".join([*self.metric_names, "val_loss"])
+        return ", ".join([*self.metric_names, *self.run_score_prefixes, "val_loss"])
 
     def columns_for(self, records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
         """The leaderboard columns (metric key, title) of a table of ``records`` (default: ``columns``)."""
@@ -147,11 +147,14 @@ class Task:
         return []
 
     def check_best_metric(self, name: str) -> Metric:
-        """The best-checkpoint metric (default: the primary one); fails naming what the kind produces."""
+        """A checkpoint-selection metric (``train.best_metric``, ``train.keep_best``; default: the
+        primary one); fails naming what the kind produces."""
         name = name or self.primary_metric
-        if name != "val_loss" and name not in self.metric_names:
+        run_score = bool(self.run_score_prefixes) and name.startswith(self.run_score_prefixes)
+        if name != "val_loss" and name not in self.metric_names and not run_score:
             raise ValueError(
-                f"train.best_metric {name!r} is not produced by task kind {self.name!r}; it produces: {self.produces()}"
+                f"selection metric {name!r} (train.best_metric / train.keep_best) is not produced by task kind "
+                f"{self.name!r}; it produces: {self.produces()}"
             )
         return self.metric(name)
 

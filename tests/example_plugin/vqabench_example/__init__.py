@@ -386,6 +386,18 @@ def register_models(register):
     )
     register(
         ModelSpec(
+            "example-caption",
+            "Example",
+            "Example retrieval captioner",
+            (TaskKind.CAPTIONING,),
+            models.RetrievalCaptionConfig,
+            lambda cfg, data, device: models.RetrievalCaptioner(
+                cfg, sorted({c for s in data.splits["train"] for c in s.captions})
+            ),
+        )
+    )
+    register(
+        ModelSpec(
             "example-dann",
             "Example",
             "Example domain-adversarial BoW",

@@ -8,6 +8,8 @@
 - ``example-dann``: two training streams (labelled ``train``, unlabelled ``target_train``); a
   domain classifier behind a gradient-reversal layer whose weight follows the training progress,
   lambda(p) = 2 / (1 + exp(-10 p)) - 1 (Ganin and Lempitsky, 2015).
+- ``example-caption``: a captioner that picks a training caption; its recipe keeps a checkpoint
+  per selection metric (``keep_best``), it has a prediction variant and draws a figure.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 from torch import nn
 
 from vqabench.config import EvalConfig, Stage, TrainConfig
-from vqabench.model import Stem
+from vqabench.layers import GradReverse, reversal_weight
+from vqabench.model import Stem, TaskModel
 from vqabench.tasks.base import Streams
 from vqabench_example import BagOfWords, BowConfig
 
@@ -139,24 +142,6 @@ class DannConfig:
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(splits=("val", "test", "target_test")))
 
 
-class GradReverse(torch.autograd.Function):
-    """Identity forward; the gradient times -weight backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: float) -> torch.Tensor:
-        ctx.weight = weight
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return -ctx.weight * grad, None
-
-
-def reversal_weight(progress: float) -> float:
-    """lambda(p) = 2 / (1 + exp(-10 p)) - 1: 0 at the start, near 1 at the end."""
-    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
-
-
 class DannBow(BagOfWords):
     """The bag-of-words model plus a domain classifier on its pooled image features."""
 
@@ -186,3 +171,67 @@ class DannBow(BagOfWords):
         logits = torch.cat([src, tgt])
         labels = torch.cat([torch.zeros_like(src), torch.ones_like(tgt)])
         return task + self.dcfg.domain_weight * nn.functional.binary_cross_entropy_with_logits(logits, labels)
+
+
+@dataclass(frozen=True)
+class RetrievalCaptionConfig:
+    image_size: int = 16
+    pooled_size: int = 4
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=4,
+            batch_size=16,
+            warmup_epochs=0,
+            lrs={"head": 0.1},
+            best_metric="cider",
+            keep_best=("val_loss", "cider", "clipscore"),
+            report_epochs=(),
+            augment=(),
+        )
+    )
+
+
+class RetrievalCaptioner(TaskModel):
+    """Captioning by choosing one of the training captions: a linear classifier over them.
+
+    Its one prediction variant, "runner-up", answers with the second-ranked caption; its figure
+    is the pooled image of the first test sample, saved as a PNG.
+    """
+
+    weights = "random init; linear caption classifier trained"
+    default_variant = "top-1"
+
+    def __init__(self, cfg: RetrievalCaptionConfig, captions: list[str]) -> None:
+        super().__init__()
+        self.cfg, self.captions, self.image_size = cfg, captions, cfg.image_size
+        self.index = {c: i for i, c in enumerate(captions)}
+        self.head = nn.Linear(3 * cfg.pooled_size**2, len(captions))
+        self.rank = 0  # which ranked caption predict returns
+
+    def _logits(self, batch: Any) -> torch.Tensor:
+        return self.head(nn.functional.adaptive_avg_pool2d(batch.images, self.cfg.pooled_size).flatten(1))
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        targets = torch.tensor([self.index.get(refs[0], -1) for refs in batch.captions], device=batch.images.device)
+        return nn.functional.cross_entropy(self._logits(batch), targets, ignore_index=-1)
+
+    def eval_variants(self) -> tuple[str, ...]:
+        return ("runner-up",)
+
+    def use_variant(self, name: str | None) -> None:
+        if name not in (None, "runner-up"):
+            super().use_variant(name)
+        self.rank = 1 if name == "runner-up" else 0
+
+    def predict(self, batch: Any) -> list[dict[str, Any]]:
+        ranked = self._logits(batch).argsort(dim=1, descending=True)[:, self.rank]
+        return [{"caption": self.captions[i]} for i in ranked.tolist()]
+
+    def figures(self, samples: list[Any], lines: list[dict[str, Any]], batch_of: Any, out: Any) -> list[dict[str, str]]:
+        from PIL import Image
+
+        batch = batch_of(samples[:1])
+        pixels = (batch.images[0].permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()
+        out.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(out / f"{batch.ids[0]}.png")
+        return [{"title": f"image {batch.ids[0]}", "file": f"{batch.ids[0]}.png"}]
