@@ -167,7 +167,9 @@ def test_directions_of_the_dynamic_metrics():
     with pytest.raises(KeyError, match="does not produce metric '_accuracy'"):
         TASK.metric("_accuracy")
     # Not best-metric choices: a model without prompt_logits lacks them.
-    with pytest.raises(ValueError, match="train.best_metric 'prompt_top1_mean' is not produced"):
+    with pytest.raises(
+        ValueError, match=r"selection metric 'prompt_top1_mean' \(train.best_metric / train.keep_best\) is not"
+    ):
         TASK.check_best_metric("prompt_top1_mean")
 
 

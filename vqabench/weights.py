@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 NETWORK_TIMEOUT_S = 3.0  # how long the reachability probe may take before weights count as unavailable
-QUICK_FIX = "run with `--profile quick` (small random-initialised backbones)"
+QUICK_FIX = "run with `--profile quick` (small offline models: random-initialised, or pretrained here on Mini-CLEVR)"
 
 # Sentence-transformers models shipped in a pip package, found without any hub access.
 _PACKAGED_SENTENCE_MODELS: dict[str, tuple[str, str]] = {
