@@ -322,3 +322,13 @@ def test_a_selection_metric_the_kind_does_not_produce_fails_before_training(tmp_
     proc = run_in(tmp_path, "example-caption", "example-colors/captioning", "--set", "train.keep_best=vqa_accuracy")
     assert proc.returncode != 0
     assert "selection metric 'vqa_accuracy'" in proc.stderr and "cider" in proc.stderr
+
+
+def test_val_split_selects_on_the_split_it_names(tmp_path, only_example):
+    # Validated on "test" itself, the selected checkpoint's validation accuracy is its test accuracy.
+    _run(tmp_path, "runs", "--models", "example-bow", "--set", "train.val_split=test")
+    rec = _record(tmp_path / "runs", "example-bow")
+    assert rec["stages"][0]["val"]["vqa_accuracy"] == rec["final"]["test"]["vqa_accuracy"]
+    assert rec["config"]["model"]["train"]["val_split"] == "test"
+    proc = run_in(tmp_path, "example-bow", "example-colors/vqa", "--set", "train.val_split=nope", out="bad")
+    assert proc.returncode != 0 and "'nope'" in proc.stdout + proc.stderr
